@@ -1,0 +1,165 @@
+"""MNIST transfer learning: a CNN learns digits 0-6, then its frozen feature layers serve digits 7-9.
+
+Reproduces the published MNIST transfer experiment (features Conv32-Conv32-Pool-Dropout-Conv128-Pool,
+head A Dense 64-16-7, head B Dense 128-16-3, Adam, 10 epochs per phase) and adds the baseline it never
+had: the same network trained from scratch on digits 7-9 for the same epochs.
+
+    python mnist_transfer.py                                   # the whole experiment
+    python mnist_transfer.py --epochs=2 --task_b_classes=5,6,7,8,9
+    python mnist_transfer.py --data_dir=../shared/datasets     # offline: a folder holding mnist.npz
+    python mnist_transfer.py --help                            # every constant with its default
+"""
+
+import sys
+
+from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
+from transferlab import config, data, models, phases, plots, records
+
+import keras
+
+# -----------------------------------------------------------------------------------------------------
+# Constants: edit them here, or override any from the shell as --name=value.
+TASK_A_CLASSES = [0, 1, 2, 3, 4, 5, 6]  # digits the base network learns (phase "base")
+TASK_B_CLASSES = [7, 8, 9]  # held-out digits for the new head (phases "transfer" and "scratch")
+EPOCHS = 10  # epochs in every phase, as published
+BATCH_SIZE = 32  # batch size for base and scratch (Keras's default, as published)
+HEAD_BATCH_SIZE = 256  # batch size for the head on cached features (README: same accuracy, 4x faster)
+LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
+SEED = 42  # one seed for Python, numpy and TensorFlow
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns, slower (README)
+RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
+FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
+AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
+DATA_DIR: str | None = None  # folder holding mnist.npz; None: $TRANSFER_DATA_DIR, then Keras's download
+RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mnist/<run_id>/
+# -----------------------------------------------------------------------------------------------------
+CONFIG = config.configure(globals(), sys.argv[1:])
+
+# 1. Check the constants before any work, so a typo costs a second, not a training run.
+config.check(EPOCHS > 0, f"--epochs must be > 0, got {EPOCHS}")
+config.check(BATCH_SIZE > 0 and HEAD_BATCH_SIZE > 0, "--batch_size and --head_batch_size must be > 0")
+config.check(LEARNING_RATE > 0, f"--learning_rate must be > 0, got {LEARNING_RATE}")
+data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
+runtime.seed_everything(SEED, DETERMINISTIC)
+
+# 2. Data: mnist.npz from the data directory, else Keras's download; split into the two tasks.
+(x_train, y_train), (x_test, y_test), source = data.load_keras_dataset(
+    "mnist", data.data_dir(DATA_DIR), (28, 28), 10, keras.datasets.mnist.load_data
+)
+xa_train, ya_train = data.split_task(x_train, y_train, TASK_A_CLASSES)
+xa_test, ya_test = data.split_task(x_test, y_test, TASK_A_CLASSES)
+xb_train, yb_train = data.split_task(x_train, y_train, TASK_B_CLASSES)
+xb_test, yb_test = data.split_task(x_test, y_test, TASK_B_CLASSES)
+for name, x in (("task A train", xa_train), ("task A test", xa_test), ("task B train", xb_train),
+                ("task B test", xb_test)):
+    config.check(len(x) > 0, f"{name} is empty: no images of those classes in {source['source']}")
+xa_train, xa_test, xb_train, xb_test = map(data.scale_images, (xa_train, xa_test, xb_train, xb_test))
+source["samples"] = {"task_a_train": len(xa_train), "task_a_test": len(xa_test),
+                     "task_b_train": len(xb_train), "task_b_test": len(xb_test)}
+print(f"MNIST from {source['source']}: task A {TASK_A_CLASSES} {len(xa_train)} train / {len(xa_test)} test,"
+      f" task B {TASK_B_CLASSES} {len(xb_train)} train / {len(xb_test)} test")
+
+
+# 3. The published network: feature layers shared by both tasks, a small dense head per task.
+def feature_layers():
+    return [
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Dropout(0.25),
+        keras.layers.Conv2D(128, 3, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+    ]
+
+
+def head_a():
+    return [
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dropout(0.25),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(len(TASK_A_CLASSES), activation="softmax"),
+    ]
+
+
+def head_b():
+    return [
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dropout(0.1),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(len(TASK_B_CLASSES), activation="softmax"),
+    ]
+
+
+def augmentation():
+    # Active only in training; small enough that a 7 stays a 7.
+    return [keras.layers.RandomRotation(0.05), keras.layers.RandomTranslation(0.1, 0.1)] if AUGMENT else []
+
+
+IMAGE = (28, 28, 1)
+histories = {}
+with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as run:
+    print(f"run {run.run_id}: {run.dir}")
+
+    # 4. Phase "base": feature layers and head A learn task A from random init.
+    print(f"\n== base: {len(xa_train)} images of digits {TASK_A_CLASSES}, {EPOCHS} epochs")
+    features = models.stack(IMAGE, feature_layers(), name="features")
+    base = models.stack(IMAGE, [*augmentation(), features, *head_a()], name="base")
+    models.compile_classifier(base, LEARNING_RATE)
+    timer, callbacks = phases.callbacks(run, "base")
+    histories["base"] = base.fit(xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                                 callbacks=callbacks, verbose=phases.VERBOSE).history
+    test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)
+    run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
+                                         batch_size=BATCH_SIZE))
+
+    # 5. Phase "transfer": freeze the feature layers, train a new head B on task B.
+    print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, frozen features, {EPOCHS} epochs")
+    features.trainable = False
+    head = models.stack(features.output_shape[1:], head_b(), name="head_b")
+    transfer = models.stack(IMAGE, [features, head], name="transfer")  # the model a user would keep
+    use_cache = FEATURE_CACHE and not AUGMENT  # augmented images differ every epoch: nothing to cache
+    if use_cache:
+        # The frozen layers run once, in inference mode; only the head trains, on their output.
+        fb_train, extract_seconds = phases.extract_features(features, xb_train, batch_size=1024)
+        models.compile_classifier(head, LEARNING_RATE, steps_per_execution=32)
+        timer, callbacks = phases.callbacks(run, "transfer")
+        histories["transfer"] = head.fit(fb_train, yb_train, epochs=EPOCHS, batch_size=HEAD_BATCH_SIZE,
+                                         callbacks=callbacks, verbose=phases.VERBOSE).history
+        cache = {"feature_cache": "memory", "feature_extraction_seconds": round(extract_seconds, 3),
+                 "batch_size": HEAD_BATCH_SIZE}
+    else:
+        # The published way: the whole model trains with frozen layers, paying for them every epoch.
+        extract_seconds = 0.0
+        trainer = models.stack(IMAGE, [*augmentation(), transfer], name="transfer_augmented")
+        models.compile_classifier(trainer, LEARNING_RATE)
+        timer, callbacks = phases.callbacks(run, "transfer")
+        histories["transfer"] = trainer.fit(xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                                            callbacks=callbacks, verbose=phases.VERBOSE).history
+        cache = {"feature_cache": "off", "batch_size": BATCH_SIZE}
+    # Test on raw images through features + head: the number belongs to the whole model, not the cache.
+    models.compile_classifier(transfer, LEARNING_RATE)
+    test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
+    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
+                                             extra_seconds=extract_seconds, **cache))
+
+    # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
+    if RUN_SCRATCH:
+        print(f"\n== scratch: {len(xb_train)} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")
+        scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head_b()], name="scratch")
+        models.compile_classifier(scratch, LEARNING_RATE)
+        timer, callbacks = phases.callbacks(run, "scratch")
+        histories["scratch"] = scratch.fit(xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                                           callbacks=callbacks, verbose=phases.VERBOSE).history
+        test = scratch.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
+        run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
+                                                batch_size=BATCH_SIZE))
+
+    # 7. Learning curves next to the record.
+    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"MNIST transfer, run {run.run_id}")
+
+# 8. Summary: what each phase cost and scored.
+print(f"\n{'phase':<10}{'samples':>9}{'seconds':>10}{'test acc':>10}")
+for name, phase in run.record["phases"].items():
+    print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{phase['test_accuracy']:>10.2%}")
+print(f"record: {run.path}")

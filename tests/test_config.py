@@ -1,0 +1,131 @@
+import pytest
+
+from conftest import run_script
+from transferlab import config
+from transferlab.config import UserError
+
+SOURCE = '''"""A test script."""
+EPOCHS = 10  # epochs per phase
+LEARNING_RATE = 0.001  # Adam's step size
+TASK_B_CLASSES = [7, 8, 9]  # held-out digits
+NAMES = ["base", "transfer"]  # phases
+RUN_SCRATCH = True  # baseline on or off
+RESULTS_DIR = "results"  # where runs go
+DATA_DIR: str | None = None  # folder with mnist.npz
+'''
+
+
+def namespace(tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(SOURCE)
+    ns = {"__file__": str(path)}
+    exec(compile(SOURCE, str(path), "exec"), ns)
+    return ns
+
+
+@pytest.mark.parametrize(
+    "name, raw, expected",
+    [
+        ("EPOCHS", "2", 2),
+        ("LEARNING_RATE", "1e-4", 1e-4),
+        ("LEARNING_RATE", "1", 1.0),
+        ("TASK_B_CLASSES", "5,6,7,8,9", [5, 6, 7, 8, 9]),
+        ("TASK_B_CLASSES", "[1, 2]", [1, 2]),
+        ("TASK_B_CLASSES", "7", [7]),
+        ("NAMES", "base,scratch", ["base", "scratch"]),
+        ("RUN_SCRATCH", "False", False),
+        ("RESULTS_DIR", "/tmp/out", "/tmp/out"),
+        ("RESULTS_DIR", "123", "123"),
+        ("DATA_DIR", "../shared/datasets", "../shared/datasets"),
+        ("DATA_DIR", "None", None),
+    ],
+)
+def test_good_overrides_are_parsed_to_the_constants_type(tmp_path, name, raw, expected):
+    ns = namespace(tmp_path)
+    values = config.apply_overrides(ns, [f"--{name.lower()}={raw}"])
+    assert values[name] == expected and ns[name] == expected
+    assert type(ns[name]) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--epochs=abc", "--epochs=abc: expected int, got str 'abc'"),
+        ("--epochs=2.5", "--epochs=2.5: expected int, got float 2.5"),
+        ("--epochs=True", "--epochs=True: expected int, got a bool"),
+        ("--epochs=None", "--epochs=None: EPOCHS may not be None (expected int)"),
+        ("--run_scratch=1", "--run_scratch=1: expected bool, got int 1"),
+        ("--task_b_classes=a,b", "--task_b_classes=a,b: expected int, got str 'a'"),
+        ("--learning_rate=fast", "--learning_rate=fast: expected float, got str 'fast'"),
+        ("--epoch=2", "unknown constant --epoch; valid names: --epochs, --learning_rate, --task_b_classes"),
+        ("--EPOCHS=2", "unknown constant --EPOCHS"),
+        ("epochs=2", "expected --name=value, got 'epochs=2'"),
+        ("--epochs", "expected --name=value, got '--epochs'"),
+    ],
+)
+def test_bad_overrides_raise_one_line_errors(tmp_path, arg, message):
+    ns = namespace(tmp_path)
+    with pytest.raises(UserError) as caught:
+        config.apply_overrides(ns, [arg])
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+    assert ns["EPOCHS"] == 10  # nothing half-applied
+
+
+def test_unknown_name_lists_every_valid_name(tmp_path):
+    with pytest.raises(UserError) as caught:
+        config.apply_overrides(namespace(tmp_path), ["--bogus=1"])
+    for flag in ("--epochs", "--learning_rate", "--task_b_classes", "--names", "--run_scratch",
+                 "--results_dir", "--data_dir"):
+        assert flag in str(caught.value)
+
+
+def test_literal_eval_never_runs_code(tmp_path):
+    ns = namespace(tmp_path)
+    config.apply_overrides(ns, ["--results_dir=__import__('os').system('echo hacked')"])
+    assert ns["RESULTS_DIR"] == "__import__('os').system('echo hacked')"  # kept as text, not run
+
+
+def test_comments_and_help_text(tmp_path):
+    ns = namespace(tmp_path)
+    assert config.comments(SOURCE)["LEARNING_RATE"] == "Adam's step size"
+    text = config.help_text(ns, ns["__file__"])
+    assert "A test script." in text
+    assert "--epochs=10" in text and "epochs per phase" in text
+    assert "--data_dir=None" in text and "folder with mnist.npz" in text
+    assert "--task_b_classes=[7, 8, 9]" in text
+
+
+def test_script_help_lists_constants_and_exits_0():
+    result = run_script("mnist_transfer.py", "--help")
+    assert result.returncode == 0
+    for flag in ("--epochs=10", "--batch_size=32", "--learning_rate=0.001", "--seed=", "--task_a_classes=",
+                 "--task_b_classes=[7, 8, 9]", "--data_dir=None", "--results_dir='results'"):
+        assert flag in result.stdout
+    assert "held-out digits" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--bogus=1", "error: unknown constant --bogus; valid names: --task_a_classes, --task_b_classes,"),
+        ("--epochs=ten", "error: --epochs=ten: expected int, got str 'ten'"),
+        ("--epochs=0", "error: --epochs must be > 0, got 0"),
+        ("--learning_rate=-1", "error: --learning_rate must be > 0"),
+        ("--task_b_classes=6,7", "error: task A and task B share classes [6]"),
+        ("--task_b_classes=9,10", "error: --task_b_classes names classes [10] not in the data"),
+        ("--data_dir=/nonexistent/place", "error: data directory '/nonexistent/place' does not exist"),
+    ],
+)
+def test_script_bad_input_is_one_line_and_exit_2(tmp_path, arg, message):
+    result = run_script("mnist_transfer.py", arg, f"--results_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = run_script("mnist_transfer.py", "--epochs=0", "--debug", f"--results_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "error: --epochs must be > 0" in result.stderr

@@ -1,0 +1,137 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from transferlab import data
+from transferlab.config import UserError
+
+
+def test_split_task_keeps_only_the_classes_and_remaps_them_in_order():
+    x = np.arange(20).reshape(20, 1)
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 2)
+    xb, yb = data.split_task(x, y, [7, 8, 9])
+    assert xb[:, 0].tolist() == [7, 8, 9, 17, 18, 19]
+    assert yb.tolist() == [0, 1, 2, 0, 1, 2]
+    xr, yr = data.split_task(x, y, [9, 7])  # the order of the list is the label order
+    assert xr[:, 0].tolist() == [7, 9, 17, 19]
+    assert yr.tolist() == [1, 0, 1, 0]
+
+
+def test_split_task_of_absent_classes_is_empty():
+    xb, yb = data.split_task(np.zeros((3, 2)), np.array([0, 1, 2]), [7, 8])
+    assert xb.shape == (0, 2) and yb.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        ([0, 1, 2], [2, 3], "task A and task B share classes [2]"),
+        ([0, 1], [9, 10], "--task_b_classes names classes [10] not in the data (0..9)"),
+        ([0, -1], [8, 9], "--task_a_classes names classes [-1]"),
+        ([0], [8, 9], "--task_a_classes needs at least 2 classes"),
+        ([0, 0, 1], [8, 9], "--task_a_classes repeats a class"),
+    ],
+)
+def test_check_tasks_rejects_bad_splits(a, b, message):
+    with pytest.raises(UserError, match=None) as caught:
+        data.check_tasks(a, b, num_classes=10)
+    assert str(caught.value).startswith(message)
+
+
+def test_check_tasks_accepts_the_published_split():
+    data.check_tasks([0, 1, 2, 3, 4, 5, 6], [7, 8, 9], num_classes=10)
+
+
+def write_npz(path, **overrides):
+    arrays = {
+        "x_train": np.zeros((6, 28, 28), np.uint8), "y_train": np.array([0, 1, 2, 7, 8, 9], np.uint8),
+        "x_test": np.zeros((2, 28, 28), np.uint8), "y_test": np.array([[3], [9]], np.uint8),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_load_npz_returns_keras_layout_with_flat_int_labels(tmp_path):
+    (x, y), (xt, yt) = data.load_npz(write_npz(tmp_path / "m.npz"), (28, 28), 10)
+    assert x.shape == (6, 28, 28) and y.tolist() == [0, 1, 2, 7, 8, 9]
+    assert yt.tolist() == [3, 9] and yt.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"y_test": None}, "missing arrays ['y_test']"),
+        ({"x_train": np.zeros((6, 28, 28), np.float32)}, "x_train is float32 (6, 28, 28), expected uint8 (n, 28, 28)"),
+        ({"x_test": np.zeros((2, 32, 32), np.uint8)}, "x_test is uint8 (2, 32, 32), expected uint8"),
+        ({"y_train": np.array([0, 1, 2], np.uint8)}, "y_train has shape (3,), expected (6,)"),
+        ({"y_train": np.array([0, 1, 2, 7, 8, 10], np.uint8)}, "y_train has labels outside 0..9"),
+        ({"y_train": np.zeros(6, np.float32)}, "y_train is float32, expected integer labels"),
+    ],
+)
+def test_load_npz_rejects_bad_files_with_one_line(tmp_path, overrides, message):
+    path = write_npz(tmp_path / "m.npz", **overrides)
+    with pytest.raises(UserError) as caught:
+        data.load_npz(path, (28, 28), 10)
+    assert message in str(caught.value)
+
+
+def test_load_npz_refuses_pickled_objects(tmp_path):
+    path = write_npz(tmp_path / "m.npz", y_train=np.array([0, 1, 2, 7, 8, {"evil": 1}], dtype=object))
+    with pytest.raises(UserError, match="not a readable npz file"):
+        data.load_npz(path, (28, 28), 10)
+
+
+def test_load_npz_rejects_a_file_that_is_not_npz(tmp_path):
+    path = tmp_path / "mnist.npz"
+    path.write_text("hello")
+    with pytest.raises(UserError, match="not a readable npz file"):
+        data.load_npz(path, (28, 28), 10)
+
+
+def test_data_directory_is_used_before_any_download(tmp_path):
+    path = write_npz(tmp_path / "mnist.npz")
+
+    def download():
+        raise AssertionError("must not download when the file is there")
+
+    train, test, source = data.load_keras_dataset("mnist", str(tmp_path), (28, 28), 10, download)
+    assert source == {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert len(train[0]) == 6
+
+
+def test_download_is_the_fallback(tmp_path):
+    arrays = ((np.zeros((4, 28, 28), np.uint8), np.array([1, 2, 3, 4], np.uint8)),
+              (np.zeros((1, 28, 28), np.uint8), np.array([5], np.uint8)))
+    train, test, source = data.load_keras_dataset("mnist", str(tmp_path), (28, 28), 10, lambda: arrays)
+    assert source["source"] == "download"
+    assert train[1].tolist() == [1, 2, 3, 4] and test[1].dtype == np.int64
+
+
+def test_no_file_and_no_download_says_where_to_put_which_file(tmp_path):
+    def download():
+        raise Exception("URL fetch failure: Name or service not known")
+
+    with pytest.raises(UserError) as caught:
+        data.load_keras_dataset("mnist", str(tmp_path), (28, 28), 10, download)
+    message = str(caught.value)
+    assert message.startswith(f"mnist.npz not found in {tmp_path} and the download failed")
+    assert "put Keras's mnist.npz" in message and "\n" not in message
+
+
+def test_data_dir_falls_back_to_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_DATA_DIR", str(tmp_path))
+    assert data.data_dir(None) == str(tmp_path)
+    assert data.data_dir(str(tmp_path / ".")) == str(tmp_path / ".")  # the constant wins
+    monkeypatch.delenv("TRANSFER_DATA_DIR")
+    assert data.data_dir(None) is None
+    with pytest.raises(UserError, match="does not exist"):
+        data.data_dir(str(tmp_path / "missing"))
+
+
+def test_scale_images_gives_unit_range_and_a_channel_axis():
+    x = np.array([[[0, 255], [51, 102]]], np.uint8)
+    scaled = data.scale_images(x)
+    assert scaled.shape == (1, 2, 2, 1) and scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled[0, :, :, 0], [[0.0, 1.0], [0.2, 0.4]], rtol=1e-6)

@@ -1,0 +1,81 @@
+import json
+import os
+
+import pytest
+
+from transferlab import records
+from transferlab.config import UserError
+
+
+def test_write_json_replaces_atomically_and_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "record.json"
+    records.write_json(path, {"status": "running"})
+    before = path.read_bytes()
+    assert json.loads(before) == {"status": "running"}
+
+    def broken_dump(obj, f, **kwargs):
+        f.write('{"status": "compl')  # half a file, then the crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        records.write_json(path, {"status": "complete"})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["record.json"]  # no temporary file left behind
+
+
+def test_run_ids_are_unique_and_sort_by_start_time(tmp_path):
+    ids = [records.new_run_dir(tmp_path, "mnist")[0] for _ in range(20)]
+    assert len(set(ids)) == 20
+    assert ids == sorted(ids)
+    assert sorted(os.listdir(tmp_path / "mnist")) == ids
+
+
+def test_unusable_results_dir_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot create results folder"):
+        records.new_run_dir(blocker, "mnist")
+
+
+def make_run(tmp_path):
+    return records.Run(tmp_path, "demo", {"EPOCHS": 1}, {"python": "3"}, {"source": "x"})
+
+
+def read(run):
+    with open(run.path) as f:
+        return json.load(f)
+
+
+def test_run_record_has_the_schema_and_grows_per_phase(tmp_path):
+    run = make_run(tmp_path)
+    assert read(run)["status"] == "running"
+    with run:
+        run.add_phase("base", {"test_accuracy": 0.9})
+        assert read(run)["phases"] == {"base": {"test_accuracy": 0.9}}
+    record = read(run)
+    assert set(record) == {"experiment", "run_id", "started_at", "finished_at", "status", "config",
+                           "environment", "data", "phases"}
+    assert record["status"] == "complete" and record["experiment"] == "demo"
+    assert record["finished_at"] >= record["started_at"]
+    assert run.dir == os.path.join(tmp_path, "demo", record["run_id"])
+
+
+def test_failed_run_records_the_reason_and_reraises(tmp_path):
+    run = make_run(tmp_path)
+    with pytest.raises(ValueError, match="loss is nan"):
+        with run:
+            raise ValueError("loss is nan")
+    record = read(run)
+    assert record["status"] == "failed" and record["error"] == "ValueError: loss is nan"
+
+
+def test_interrupted_run_is_recorded_and_exits_130(tmp_path):
+    run = make_run(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        with run:
+            run.add_phase("base", {"epochs": 1})
+            raise KeyboardInterrupt
+    assert caught.value.code == 130
+    record = read(run)
+    assert record["status"] == "interrupted" and record["phases"] == {"base": {"epochs": 1}}

@@ -1,0 +1,186 @@
+"""The constants block at the top of a script, and its overrides from the shell.
+
+A script defines its constants as plain upper-case assignments, each with a short trailing comment,
+then calls `configure(globals(), sys.argv[1:])`. Every constant can then be overridden as
+`--name=value` (the lower-case name). Values are parsed with `ast.literal_eval` (never `eval`); a value
+that is not a Python literal is taken as a string. Each value is checked against the type of the
+constant's default, or against its annotation when the default is None (`DATA_DIR: str | None = None`).
+"""
+
+import ast
+import io
+import os
+import sys
+import tokenize
+import types
+import typing
+
+DEBUG = False  # set by --debug: bad input then shows a traceback instead of one line
+
+
+class UserError(Exception):
+    """A problem with what the user gave (constants, data, paths): one line on stderr, exit code 2."""
+
+
+def check(condition, message):
+    """Raise a UserError with `message` unless `condition` holds."""
+    if not condition:
+        raise UserError(message)
+
+
+def constants(namespace):
+    """The constants of a script's namespace, in the order they were defined: {NAME: value}."""
+    return {
+        name: value
+        for name, value in namespace.items()
+        if name.isupper() and not name.startswith("_") and _is_constant_value(value)
+    }
+
+
+def _is_constant_value(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_is_constant_value(v) for v in value)
+
+
+def allowed_types(default, annotation=None):
+    """The types a constant accepts: from its annotation if it has one, else its default's type."""
+    if annotation is not None:
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            return tuple(type(None) if t is None else typing.get_origin(t) or t for t in typing.get_args(annotation))
+        return (typing.get_origin(annotation) or annotation,)
+    return (type(default),)
+
+
+def parse_value(name, raw, default, annotation=None):
+    """Turn the text of `--name=raw` into a value of the constant's type, or raise UserError."""
+    allowed = allowed_types(default, annotation)
+    flag = f"--{name.lower()}={raw}"
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw  # not a Python literal: a plain string
+    if value is None:
+        check(type(None) in allowed, f"{flag}: {name} may not be None (expected {_type_names(allowed)})")
+        return None
+    if str in allowed and not isinstance(value, str):
+        return raw  # a string constant takes the text as written: --run_name=007 is "007"
+    if list in allowed:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, list):
+            value = [value]  # --task_b_classes=7 means [7]
+        element = type(default[0]) if isinstance(default, list) and default else None
+        if element is not None:
+            value = [_coerce_scalar(flag, v, (element,)) for v in value]
+        return value
+    return _coerce_scalar(flag, value, allowed)
+
+
+def _coerce_scalar(flag, value, allowed):
+    if isinstance(value, bool):
+        check(bool in allowed, f"{flag}: expected {_type_names(allowed)}, got a bool")
+        return value
+    if isinstance(value, int) and int not in allowed and float in allowed:
+        return float(value)  # --learning_rate=1 is 1.0
+    check(
+        isinstance(value, allowed) and not isinstance(value, bool),
+        f"{flag}: expected {_type_names(allowed)}, got {type(value).__name__} {value!r}",
+    )
+    return value
+
+
+def _type_names(allowed):
+    return " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+
+
+def comments(source):
+    """{NAME: trailing comment} for the top-level constant assignments in a script's source text."""
+    found = {}
+    line_name = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        row, col = tok.start
+        if tok.type == tokenize.NAME and col == 0 and tok.string.isupper():
+            line_name[row] = tok.string
+        elif tok.type == tokenize.COMMENT and row in line_name:
+            found[line_name[row]] = tok.string.lstrip("#").strip()
+    return found
+
+
+def help_text(namespace, script):
+    """The --help page: usage, the script's first docstring line, and every constant with its default."""
+    values = constants(namespace)
+    notes = comments(open(script, encoding="utf-8").read()) if os.path.exists(script) else {}
+    doc = (namespace.get("__doc__") or "").strip().splitlines()
+    lines = [f"usage: python {os.path.basename(script)} [--name=value ...] [--debug]", ""]
+    if doc:
+        lines += [doc[0], ""]
+    lines.append("constants (override as --name=value; values are Python literals, else strings):")
+    flags = {name: f"  --{name.lower()}={values[name]!r}" for name in values}
+    width = max((len(f) for f in flags.values()), default=0)
+    for name, flag in flags.items():
+        lines.append(f"{flag.ljust(width)}  {notes.get(name, '')}".rstrip())
+    lines.append(f"  --debug{' ' * max(width - 7, 0)}  show tracebacks for bad input instead of one line")
+    return "\n".join(lines)
+
+
+def apply_overrides(namespace, argv):
+    """Set the constants in `namespace` from `--name=value` arguments; return {NAME: value} after."""
+    global DEBUG
+    values = constants(namespace)
+    annotations = namespace.get("__annotations__", {})
+    valid = ", ".join(f"--{name.lower()}" for name in values)
+    for arg in argv:
+        if arg == "--debug":
+            DEBUG = True
+            continue
+        check(
+            arg.startswith("--") and "=" in arg,
+            f"expected --name=value, got {arg!r}; valid names: {valid}",
+        )
+        flag, raw = arg[2:].split("=", 1)
+        name = flag.upper()
+        check(name in values and flag == flag.lower(), f"unknown constant --{flag}; valid names: {valid}")
+        values[name] = parse_value(name, raw, values[name], annotations.get(name))
+    namespace.update(values)
+    return values
+
+
+def configure(namespace, argv):
+    """Handle --help, apply the overrides to the script's globals, and report UserErrors as one line.
+
+    Returns the final {NAME: value} of every constant (what the run record stores as `config`).
+    """
+    if "-h" in argv or "--help" in argv:
+        print(help_text(namespace, namespace.get("__file__", "script.py")))
+        sys.exit(0)
+    _install_error_hook()
+    try:
+        return apply_overrides(namespace, argv)
+    except UserError as error:
+        report(error)
+
+
+def report(error):
+    """Print a UserError as one line on stderr and exit with code 2 (a traceback too under --debug)."""
+    sys.stdout.flush()
+    if DEBUG:
+        import traceback
+
+        traceback.print_exception(error)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    # os._exit: an uncaught exception would make the exit code 1, and nothing remains to clean up.
+    os._exit(2)
+
+
+def _install_error_hook():
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback):
+        if issubclass(kind, UserError):
+            report(error)
+        previous(kind, error, traceback)
+
+    sys.excepthook = hook

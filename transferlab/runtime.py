@@ -1,0 +1,95 @@
+"""What a run executes on: a quiet TensorFlow start, one seed for everything, and the machine's description.
+
+Import this module before `keras` or `tensorflow`: it starts TensorFlow with its C++ start-up chatter
+(CUDA probing on a machine without a GPU, oneDNN notices) kept off the terminal. Python errors during
+the import are still raised and shown.
+"""
+
+import os
+import platform
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no INFO/WARNING lines from TensorFlow's C++ side
+
+
+def _import_tensorflow_quietly():
+    # TensorFlow's import and its first device query write to file descriptor 2 from C++ before its
+    # logging is configured, so no environment variable silences them; point fd 2 at /dev/null meanwhile.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
+tf = _import_tensorflow_quietly()
+
+
+def seed_everything(seed, deterministic=False):
+    """Seed Python's `random`, numpy and TensorFlow from one number; optionally make TF ops deterministic.
+
+    Determinism (`tf.config.experimental.enable_op_determinism`) makes two runs with the same seed give
+    identical numbers, at a cost in speed measured in the README.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def environment():
+    """Versions, CPU and git commit: what a reader needs to know which machine and code made a number."""
+    import keras
+    import numpy as np
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "git_commit": _git_commit(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_commit():
+    """The commit of the code that ran, with "+dirty" when it had uncommitted changes; None outside git."""
+    here = os.path.dirname(os.path.abspath(sys.argv[0] or __file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
