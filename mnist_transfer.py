@@ -73,22 +73,22 @@ def feature_layers():
     ]
 
 
-def head_a():
+def dense_head(width, dropout, num_classes):
+    # Both published heads have this shape: head A is dense_head(64, 0.25, 7), head B is dense_head(128, 0.1, 3).
     return [
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dropout(0.25),
+        keras.layers.Dense(width, activation="relu"),
+        keras.layers.Dropout(dropout),
         keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(len(TASK_A_CLASSES), activation="softmax"),
+        keras.layers.Dense(num_classes, activation="softmax"),
     ]
+
+
+def head_a():
+    return dense_head(64, 0.25, len(TASK_A_CLASSES))
 
 
 def head_b():
-    return [
-        keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dropout(0.1),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(len(TASK_B_CLASSES), activation="softmax"),
-    ]
+    return dense_head(128, 0.1, len(TASK_B_CLASSES))
 
 
 def augmentation():
@@ -98,6 +98,18 @@ def augmentation():
 
 IMAGE = (28, 28, 1)
 histories = {}
+
+
+def train(name, model, x, y, batch_size, steps_per_execution=1):
+    # Every phase: compile (after any change to `trainable`), then fit with its timer, CSV history and
+    # NaN guard. Returns the timer; the per-epoch curves go to `histories` for the plot.
+    models.compile_classifier(model, LEARNING_RATE, steps_per_execution)
+    timer, callbacks = phases.callbacks(run, name)
+    histories[name] = model.fit(x, y, epochs=EPOCHS, batch_size=batch_size, callbacks=callbacks,
+                                verbose=phases.VERBOSE).history
+    return timer
+
+
 with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as run:
     print(f"run {run.run_id}: {run.dir}")
 
@@ -105,10 +117,7 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     print(f"\n== base: {len(xa_train)} images of digits {TASK_A_CLASSES}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *head_a()], name="base")
-    models.compile_classifier(base, LEARNING_RATE)
-    timer, callbacks = phases.callbacks(run, "base")
-    histories["base"] = base.fit(xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                                 callbacks=callbacks, verbose=phases.VERBOSE).history
+    timer = train("base", base, xa_train, ya_train, BATCH_SIZE)
     test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)
     run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
                                          batch_size=BATCH_SIZE))
@@ -122,20 +131,14 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     if use_cache:
         # The frozen layers run once, in inference mode; only the head trains, on their output.
         fb_train, extract_seconds = phases.extract_features(features, xb_train, batch_size=1024)
-        models.compile_classifier(head, LEARNING_RATE, steps_per_execution=32)
-        timer, callbacks = phases.callbacks(run, "transfer")
-        histories["transfer"] = head.fit(fb_train, yb_train, epochs=EPOCHS, batch_size=HEAD_BATCH_SIZE,
-                                         callbacks=callbacks, verbose=phases.VERBOSE).history
+        timer = train("transfer", head, fb_train, yb_train, HEAD_BATCH_SIZE, steps_per_execution=32)
         cache = {"feature_cache": "memory", "feature_extraction_seconds": round(extract_seconds, 3),
                  "batch_size": HEAD_BATCH_SIZE}
     else:
         # The published way: the whole model trains with frozen layers, paying for them every epoch.
         extract_seconds = 0.0
         trainer = models.stack(IMAGE, [*augmentation(), transfer], name="transfer_augmented")
-        models.compile_classifier(trainer, LEARNING_RATE)
-        timer, callbacks = phases.callbacks(run, "transfer")
-        histories["transfer"] = trainer.fit(xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                                            callbacks=callbacks, verbose=phases.VERBOSE).history
+        timer = train("transfer", trainer, xb_train, yb_train, BATCH_SIZE)
         cache = {"feature_cache": "off", "batch_size": BATCH_SIZE}
     # Test on raw images through features + head: the number belongs to the whole model, not the cache.
     models.compile_classifier(transfer, LEARNING_RATE)
@@ -147,10 +150,7 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     if RUN_SCRATCH:
         print(f"\n== scratch: {len(xb_train)} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head_b()], name="scratch")
-        models.compile_classifier(scratch, LEARNING_RATE)
-        timer, callbacks = phases.callbacks(run, "scratch")
-        histories["scratch"] = scratch.fit(xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
-                                           callbacks=callbacks, verbose=phases.VERBOSE).history
+        timer = train("scratch", scratch, xb_train, yb_train, BATCH_SIZE)
         test = scratch.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
         run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
                                                 batch_size=BATCH_SIZE))

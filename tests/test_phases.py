@@ -1,0 +1,59 @@
+import keras
+import numpy as np
+
+from transferlab import models, phases
+
+
+class FakeRun:
+    def __init__(self, folder):
+        self.folder = folder
+
+    def file(self, name):
+        return str(self.folder / name)
+
+
+def tiny_model():
+    return models.stack((4,), [keras.layers.Dropout(0.5), keras.layers.Dense(3, activation="softmax")], name="tiny")
+
+
+def test_timer_and_summary_describe_the_fit(tmp_path):
+    keras.utils.set_random_seed(0)
+    x = np.random.rand(64, 4).astype("float32")
+    y = np.arange(64) % 3
+    model = models.compile_classifier(tiny_model(), 0.01)
+    timer, callbacks = phases.callbacks(FakeRun(tmp_path), "demo")
+    model.fit(x, y, epochs=3, batch_size=16, callbacks=callbacks, verbose=0)
+    assert len(timer.epoch_seconds) == 3
+    assert timer.fit_seconds >= sum(timer.epoch_seconds) > 0
+    assert (tmp_path / "history_demo.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    test = model.evaluate(x, y, verbose=0)
+    summary = phases.summary([7, 8, 9], x, 3, timer, test, model, extra_seconds=1.5, batch_size=16)
+    assert summary["classes"] == [7, 8, 9] and summary["train_samples"] == 64 and summary["epochs"] == 3
+    assert summary["train_seconds"] == round(timer.fit_seconds + 1.5, 3)
+    assert summary["first_epoch_seconds"] == round(timer.epoch_seconds[0], 3)
+    assert summary["steady_epoch_seconds"] == round(float(np.median(timer.epoch_seconds[1:])), 3)
+    assert summary["trainable_params"] == 4 * 3 + 3 and summary["batch_size"] == 16
+    assert summary["test_accuracy"] == test[1]
+
+
+def test_nan_loss_stops_training(tmp_path):
+    model = models.compile_classifier(tiny_model(), 0.01)
+    timer, callbacks = phases.callbacks(FakeRun(tmp_path), "nan")
+    x = np.full((32, 4), np.nan, dtype="float32")
+    model.fit(x, np.zeros(32), epochs=5, batch_size=8, callbacks=callbacks, verbose=0)
+    assert len(timer.epoch_seconds) <= 1  # TerminateOnNaN stopped it in the first epoch
+
+
+def test_features_are_extracted_in_inference_mode_with_frozen_weights():
+    keras.utils.set_random_seed(0)
+    frozen = models.stack((4,), [keras.layers.Dense(8), keras.layers.Dropout(0.9)], name="frozen")
+    frozen.trainable = False
+    x = np.random.rand(10, 4).astype("float32")
+    first, seconds = phases.extract_features(frozen, x, batch_size=4)
+    second, _ = phases.extract_features(frozen, x, batch_size=4)
+    assert first.shape == (10, 8) and first.dtype == np.float32 and seconds > 0
+    np.testing.assert_array_equal(first, second)  # no dropout noise
+    np.testing.assert_allclose(first, x @ frozen.layers[0].kernel.numpy() + frozen.layers[0].bias.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert phases.trainable_params(frozen) == 0
