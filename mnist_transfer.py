@@ -30,7 +30,7 @@ DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical rerun
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
-DATA_DIR: str | None = None  # folder holding mnist.npz; None: $TRANSFER_DATA_DIR, then Keras's download
+DATA_DIR: str | None = None  # folder with mnist.npz or mnist/train/<digit>/; None: $TRANSFER_DATA_DIR
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mnist/<run_id>/
 # -----------------------------------------------------------------------------------------------------
 CONFIG = config.configure(globals(), sys.argv[1:])
@@ -42,9 +42,11 @@ config.check(LEARNING_RATE > 0, f"--learning_rate must be > 0, got {LEARNING_RAT
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
 runtime.seed_everything(SEED, DETERMINISTIC)
 
-# 2. Data: mnist.npz from the data directory, else Keras's download; split into the two tasks.
+# 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download;
+#    then split into the two tasks.
 (x_train, y_train), (x_test, y_test), source = data.load_keras_dataset(
-    "mnist", data.data_dir(DATA_DIR), (28, 28), 10, keras.datasets.mnist.load_data
+    "mnist", data.data_dir(DATA_DIR), (28, 28), 10, keras.datasets.mnist.load_data,
+    class_names=[str(digit) for digit in range(10)],
 )
 xa_train, ya_train = data.split_task(x_train, y_train, TASK_A_CLASSES)
 xa_test, ya_test = data.split_task(x_test, y_test, TASK_A_CLASSES)
@@ -98,18 +100,6 @@ def augmentation():
 
 IMAGE = (28, 28, 1)
 histories = {}
-
-
-def train(name, model, x, y, batch_size, steps_per_execution=1):
-    # Every phase: compile (after any change to `trainable`), then fit with its timer, CSV history and
-    # NaN guard. Returns the timer; the per-epoch curves go to `histories` for the plot.
-    models.compile_classifier(model, LEARNING_RATE, steps_per_execution)
-    timer, callbacks = phases.callbacks(run, name)
-    histories[name] = model.fit(x, y, epochs=EPOCHS, batch_size=batch_size, callbacks=callbacks,
-                                verbose=phases.VERBOSE).history
-    return timer
-
-
 with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as run:
     print(f"run {run.run_id}: {run.dir}")
 
@@ -117,7 +107,8 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     print(f"\n== base: {len(xa_train)} images of digits {TASK_A_CLASSES}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *head_a()], name="base")
-    timer = train("base", base, xa_train, ya_train, BATCH_SIZE)
+    histories["base"], timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS,
+                                          batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE)
     test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)
     run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
                                          batch_size=BATCH_SIZE))
@@ -126,31 +117,24 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, frozen features, {EPOCHS} epochs")
     features.trainable = False
     head = models.stack(features.output_shape[1:], head_b(), name="head_b")
-    transfer = models.stack(IMAGE, [features, head], name="transfer")  # the model a user would keep
-    use_cache = FEATURE_CACHE and not AUGMENT  # augmented images differ every epoch: nothing to cache
-    if use_cache:
-        # The frozen layers run once, in inference mode; only the head trains, on their output.
-        fb_train, extract_seconds = phases.extract_features(features, xb_train, batch_size=1024)
-        timer = train("transfer", head, fb_train, yb_train, HEAD_BATCH_SIZE, steps_per_execution=32)
-        cache = {"feature_cache": "memory", "feature_extraction_seconds": round(extract_seconds, 3),
-                 "batch_size": HEAD_BATCH_SIZE}
-    else:
-        # The published way: the whole model trains with frozen layers, paying for them every epoch.
-        extract_seconds = 0.0
-        trainer = models.stack(IMAGE, [*augmentation(), transfer], name="transfer_augmented")
-        timer = train("transfer", trainer, xb_train, yb_train, BATCH_SIZE)
-        cache = {"feature_cache": "off", "batch_size": BATCH_SIZE}
+    # With the cache the frozen layers run once, in inference mode, and only the head trains on their
+    # output; augmented images differ every epoch, so then there is nothing to cache.
+    histories["transfer"], timer, cache = phases.fit_head(
+        run, "transfer", features, head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+        augmentation=augmentation(),
+    )
     # Test on raw images through features + head: the number belongs to the whole model, not the cache.
-    models.compile_classifier(transfer, LEARNING_RATE)
+    transfer = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
     test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
-    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
-                                             extra_seconds=extract_seconds, **cache))
+    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer, **cache))
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {len(xb_train)} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head_b()], name="scratch")
-        timer = train("scratch", scratch, xb_train, yb_train, BATCH_SIZE)
+        histories["scratch"], timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS,
+                                                 batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE)
         test = scratch.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
         run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
                                                 batch_size=BATCH_SIZE))
@@ -159,7 +143,4 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as
     plots.learning_curves(histories, run.file("learning_curves.png"), title=f"MNIST transfer, run {run.run_id}")
 
 # 8. Summary: what each phase cost and scored.
-print(f"\n{'phase':<10}{'samples':>9}{'seconds':>10}{'test acc':>10}")
-for name, phase in run.record["phases"].items():
-    print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{phase['test_accuracy']:>10.2%}")
-print(f"record: {run.path}")
+records.print_summary(run.record, run.path)

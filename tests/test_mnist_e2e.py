@@ -106,7 +106,8 @@ def test_data_dir_from_environment_and_missing_file_message(mnist_dir, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: mnist.npz not found in {empty} and the download failed")
-    assert lines[0].endswith("put Keras's mnist.npz (arrays x_train, y_train, x_test, y_test) there")
+    assert lines[0].endswith(
+        "put Keras's mnist.npz (arrays x_train, y_train, x_test, y_test) or a mnist/train/<class>/ image tree there")
     assert not (tmp_path / "r").exists()
 
 

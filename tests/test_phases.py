@@ -20,9 +20,10 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     keras.utils.set_random_seed(0)
     x = np.random.rand(64, 4).astype("float32")
     y = np.arange(64) % 3
-    model = models.compile_classifier(tiny_model(), 0.01)
-    timer, callbacks = phases.callbacks(FakeRun(tmp_path), "demo")
-    model.fit(x, y, epochs=3, batch_size=16, callbacks=callbacks, verbose=0)
+    model = tiny_model()
+    history, timer = phases.fit(FakeRun(tmp_path), "demo", model, x, y, epochs=3, batch_size=16,
+                                learning_rate=0.01)
+    assert len(history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
     assert len(timer.epoch_seconds) == 3
     assert timer.fit_seconds >= sum(timer.epoch_seconds) > 0
     assert (tmp_path / "history_demo.csv").read_text().splitlines()[0].startswith("epoch,")

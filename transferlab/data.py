@@ -1,14 +1,19 @@
 """Datasets: finding them (data directory first, then Keras's download), checking them, splitting into tasks."""
 
+import concurrent.futures
 import hashlib
 import os
+import secrets
+import zipfile
 
 import numpy as np
 
 from transferlab.config import UserError, check
 
 DATA_DIR_ENV = "TRANSFER_DATA_DIR"  # environment variable naming the data directory when DATA_DIR is None
+CACHE_DIR_ENV = "TRANSFERLAB_CACHE_DIR"  # where decoded image trees are cached; default ~/.cache/transferlab
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def data_dir(configured):
@@ -41,7 +46,7 @@ def load_npz(path, image_shape, num_classes):
             arrays = {k: f[k] for k in ARRAY_KEYS}
     except UserError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"{path}: not a readable npz file ({error})") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -60,11 +65,15 @@ def load_npz(path, image_shape, num_classes):
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
-def load_keras_dataset(name, directory, image_shape, num_classes, download):
-    """A `keras.datasets` dataset: `<name>.npz` in `directory` if there, else Keras's download.
+def load_keras_dataset(name, directory, image_shape, num_classes, download, class_names=None):
+    """A `keras.datasets` dataset from the first source that has it, in Keras's `load_data` layout.
 
-    Returns (train, test, source) where source records where the data came from and its sha256.
-    `download` is the `keras.datasets.<name>.load_data` function.
+    1. `<directory>/<name>.npz` (Keras's arrays x_train, y_train, x_test, y_test);
+    2. `<directory>/<name>/train/<class>/*.png|jpg` and `.../test/<class>/*` (when `class_names` is given),
+       decoded once and cached as an npz (see `load_image_tree`);
+    3. Keras's download, `download` being `keras.datasets.<name>.load_data`.
+
+    Returns (train, test, source): source says where the data came from, with a sha256 to pin it.
     """
     filename = f"{name}.npz"
     if directory is not None:
@@ -72,19 +81,134 @@ def load_keras_dataset(name, directory, image_shape, num_classes, download):
         if os.path.isfile(path):
             train, test = load_npz(path, image_shape, num_classes)
             return train, test, {"source": os.path.abspath(path), "sha256": sha256(path)}
+        tree = os.path.join(directory, name)
+        if class_names is not None and os.path.isdir(os.path.join(tree, "train")):
+            return load_image_tree(tree, class_names, image_shape)
     try:
         (x_train, y_train), (x_test, y_test) = download()
     except Exception as error:  # no internet, proxy, disk full: all mean "put the file here yourself"
         where = directory or f"a folder given by --data_dir= or ${DATA_DIR_ENV}"
+        tree = f" or a {name}/train/<class>/ image tree" if class_names is not None else ""
         raise UserError(
             f"{filename} not found in {where} and the download failed ({type(error).__name__}); "
-            f"put Keras's {filename} (arrays {', '.join(ARRAY_KEYS)}) there"
+            f"put Keras's {filename} (arrays {', '.join(ARRAY_KEYS)}){tree} there"
         ) from None
     cached = os.path.join(os.path.expanduser("~"), ".keras", "datasets", filename)
     source = {"source": "download", "sha256": sha256(cached) if os.path.isfile(cached) else None}
     train = (x_train, y_train.reshape(-1).astype(np.int64))
     test = (x_test, y_test.reshape(-1).astype(np.int64))
     return train, test, source
+
+
+def cache_dir():
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "transferlab")
+
+
+def list_image_tree(root, class_names):
+    """{split: [(path, size, label)]} for root/train/<class>/* and root/test/<class>/*, sorted by path."""
+    listing = {}
+    for split in ("train", "test"):
+        folder = os.path.join(root, split)
+        check(os.path.isdir(folder), f"image tree {root!r} has no {split}/ folder")
+        extra = sorted(set(os.listdir(folder)) - set(class_names))
+        check(not extra, f"{folder}: folders {extra} are not classes of this dataset ({', '.join(class_names)})")
+        files = []
+        for label, name in enumerate(class_names):
+            class_dir = os.path.join(folder, name)
+            check(os.path.isdir(class_dir), f"image tree {root!r} has no {split}/{name}/ folder")
+            entries = sorted((e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_SUFFIXES)),
+                             key=lambda e: e.name)
+            files += [(e.path, e.stat().st_size, label) for e in entries]
+        check(files, f"{folder} holds no images (.png, .jpg, ...)")
+        listing[split] = files
+    return listing
+
+
+def tree_key(root, listing):
+    """A hash of every file's path (relative to the tree), size and label: it changes when the tree does."""
+    digest = hashlib.sha256()
+    for split, files in listing.items():
+        for path, size, label in files:
+            digest.update(f"{split}\t{os.path.relpath(path, root)}\t{size}\t{label}\n".encode())
+    return digest.hexdigest()
+
+
+def decode_image(path, image_shape):
+    """One image file as a uint8 array of `image_shape`; grayscale, RGBA, palette, CMYK are converted."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "RGB" if len(image_shape) == 3 else "L"
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode))
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise UserError(f"{path}: cannot decode this image ({error})") from None
+    check(
+        array.shape == tuple(image_shape),
+        f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {image_shape[1]}x{image_shape[0]}",
+    )
+    return array
+
+
+def decode_images(paths, image_shape, chunk=512):
+    """Decode many files on all cores (Pillow releases the GIL while decoding) into one uint8 array."""
+    out = np.empty((len(paths), *image_shape), dtype=np.uint8)
+
+    def decode_chunk(start):
+        for i in range(start, min(start + chunk, len(paths))):
+            out[i] = decode_image(paths[i], image_shape)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(decode_chunk, range(0, len(paths), chunk)))  # list(): re-raise the first error
+    return out
+
+
+def load_image_tree(root, class_names, image_shape):
+    """An image-folder tree as Keras's arrays, decoded once and then read from an npz cache.
+
+    The cache file is named by a hash of the tree's file list and sizes, so a changed tree is decoded
+    again; it is written to a temporary name and renamed, and loaded with allow_pickle=False.
+    Returns (train, test, source) like `load_keras_dataset`, with source["cache"] "hit" or "miss".
+    """
+    listing = list_image_tree(root, class_names)
+    key = tree_key(root, listing)
+    path = os.path.join(cache_dir(), f"{os.path.basename(os.path.normpath(root))}-{key[:20]}.npz")
+    source = {"source": os.path.abspath(root), "sha256": key, "cache_file": path}
+    if os.path.isfile(path):
+        try:
+            train, test = load_npz(path, image_shape, len(class_names))
+            return train, test, {**source, "cache": "hit"}
+        except UserError as error:
+            print(f"warning: ignoring a damaged cache file and decoding again: {error}")
+    print(f"decoding {sum(len(f) for f in listing.values())} images under {root} (cached for next time) ...")
+    arrays = {}
+    for split, files in listing.items():
+        arrays[f"x_{split}"] = decode_images([f[0] for f in files], image_shape)
+        arrays[f"y_{split}"] = np.array([f[2] for f in files], dtype=np.uint8)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz"
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only home is no reason to stop: the run just decodes every time
+        print(f"warning: could not write the decoded-image cache {path}: {error.strerror}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    train = (arrays["x_train"], arrays["y_train"].astype(np.int64))
+    test = (arrays["x_test"], arrays["y_test"].astype(np.int64))
+    return train, test, {**source, "cache": "miss"}
+
+
+def train_validation_split(x, y, validation_fraction, seed):
+    """Shuffle with the seed, then hold out the last `validation_fraction` for validation.
+
+    Shuffling first matters: image trees list each class in turn, so a plain slice would validate on
+    the last classes only.
+    """
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = len(x) - int(round(len(x) * validation_fraction))
+    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
 
 
 def split_task(x, y, classes):

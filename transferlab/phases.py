@@ -7,6 +7,8 @@ import time
 import keras
 import numpy as np
 
+from transferlab import models
+
 
 # Progress bars on a terminal; one line per epoch when output goes to a file or a CI log.
 VERBOSE = 1 if sys.stdout.isatty() else 2
@@ -43,6 +45,18 @@ def callbacks(run, phase):
     ]
 
 
+def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validation_data=None,
+        steps_per_execution=1):
+    """`model.fit` for one phase: compile first (Keras fixes the trainable weights at compile time, so
+    this must follow any change to `trainable`), then fit with the phase's timer, CSV history and NaN
+    guard. Returns (history dict, timer)."""
+    models.compile_classifier(model, learning_rate, steps_per_execution)
+    timer, phase_callbacks = callbacks(run, phase)
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                        callbacks=phase_callbacks, verbose=VERBOSE)
+    return history.history, timer
+
+
 def extract_features(frozen, x, batch_size):
     """Run the frozen layers once over `x` in inference mode (Dropout off): (features, seconds).
 
@@ -54,16 +68,47 @@ def extract_features(frozen, x, batch_size):
     return np.asarray(features, dtype=np.float32), time.perf_counter() - start
 
 
+def fit_head(run, phase, features, head, x, y, *, use_cache, epochs, batch_size, head_batch_size,
+             learning_rate, validation_data=None, augmentation=()):
+    """Train a new `head` on top of the frozen `features` model: the transfer phase.
+
+    With `use_cache`, the frozen layers run once over the training (and validation) images in inference
+    mode and only the head is fitted, on those features, with `head_batch_size` and several steps per
+    call into TensorFlow. Without it, the published way: the whole stack (augmentation, frozen
+    features, head) is fitted with `batch_size`, paying for the frozen layers in every epoch.
+
+    Returns (history, timer, info); info goes into the phase record: feature_cache ("memory" or "off"),
+    batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
+    """
+    if not use_cache:
+        model = models.stack(x.shape[1:], [*augmentation, features, head], name=f"{phase}_frozen")
+        history, timer = fit(run, phase, model, x, y, epochs=epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, validation_data=validation_data)
+        return history, timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
+    f_train, seconds = extract_features(features, x, batch_size=1024)
+    if validation_data is not None:
+        f_val, val_seconds = extract_features(features, validation_data[0], batch_size=1024)
+        validation_data, seconds = (f_val, validation_data[1]), seconds + val_seconds
+    history, timer = fit(run, phase, head, f_train, y, epochs=epochs, batch_size=head_batch_size,
+                         learning_rate=learning_rate, validation_data=validation_data, steps_per_execution=32)
+    info = {"feature_cache": "memory", "batch_size": head_batch_size,
+            "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
+    return history, timer, info
+
+
 def trainable_params(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def summary(classes, x_train, epochs, timer, test, model, extra_seconds=0.0, **more):
+def summary(classes, x_train, epochs, timer, test, model, extra_seconds=0.0, validation=None, **more):
     """The phase's entry in record.json.
 
-    `test` is (loss, accuracy) from `model.evaluate`; `extra_seconds` is work done outside `fit` that
-    belongs to training (the frozen-feature pass), added to train_seconds.
+    `test` (and `validation`, when the experiment has a validation set) is (loss, accuracy) from
+    `model.evaluate`; `extra_seconds` is work done outside `fit` that belongs to training (the
+    frozen-feature pass), added to train_seconds. Pass `fit_head`'s info as **info.
     """
+    if validation is not None:
+        more = {"val_loss": float(validation[0]), "val_accuracy": float(validation[1]), **more}
     seconds = timer.epoch_seconds
     return {
         "classes": list(classes),

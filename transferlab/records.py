@@ -122,5 +122,16 @@ class Run:
         return False
 
 
+def print_summary(record, path):
+    """The table a run ends with: phase, samples, training seconds, test (and validation) accuracy."""
+    phases = record["phases"]
+    has_val = any("val_accuracy" in p for p in phases.values())
+    print(f"\n{'phase':<10}{'samples':>9}{'seconds':>10}{'test acc':>10}" + (f"{'val acc':>10}" if has_val else ""))
+    for name, phase in phases.items():
+        val = f"{phase['val_accuracy']:>10.2%}" if "val_accuracy" in phase else ""
+        print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{phase['test_accuracy']:>10.2%}{val}")
+    print(f"record: {path}")
+
+
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,145 @@
+"""CIFAR-10 transfer learning: a small CNN learns 5 classes, then its frozen features serve the other 5.
+
+Reproduces the published CIFAR-10 transfer experiment (Conv32x5-Conv16x5-Pool-Conv8x3-Flatten-Dropout(0.42)
+then Dense 128-5; Adam, batch 100, 10 epochs; task A = airplane, automobile, bird, cat, deer, task B = dog,
+frog, horse, ship, truck) and adds the baseline it never had: the same network from scratch on task B.
+Two departures from the published script, both fixes: each task's training images are shuffled with the
+seed before the 80/20 train/validation split (the published script sliced without shuffling), and task B's
+labels 5-9 are remapped to 0-4 for a 5-way head (the published head had 10 outputs, 5 of them never used).
+
+    python cifar10_transfer.py                                  # the whole experiment
+    python cifar10_transfer.py --data_dir=../shared/datasets    # offline: cifar10.npz or cifar10/train/...
+    python cifar10_transfer.py --help                           # every constant with its default
+"""
+
+import sys
+
+from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
+from transferlab import config, data, models, phases, plots, records
+
+import keras
+
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# -----------------------------------------------------------------------------------------------------
+# Constants: edit them here, or override any from the shell as --name=value.
+TASK_A_CLASSES = [0, 1, 2, 3, 4]  # classes the base network learns: airplane automobile bird cat deer
+TASK_B_CLASSES = [5, 6, 7, 8, 9]  # held-out classes for the new head: dog frog horse ship truck
+EPOCHS = 10  # epochs in every phase, as published
+BATCH_SIZE = 100  # batch size in every phase, as published
+HEAD_BATCH_SIZE = 100  # batch size for the head on cached features
+LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
+VALIDATION_FRACTION = 0.2  # share of each task's training images held out for validation, as published
+SEED = 42  # one seed for Python, numpy, TensorFlow and the train/validation shuffle
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns, slower (README)
+RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
+FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
+AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
+DATA_DIR: str | None = None  # folder with cifar10.npz or cifar10/train/<class>/; None: $TRANSFER_DATA_DIR
+RESULTS_DIR = "results"  # each run writes RESULTS_DIR/cifar10/<run_id>/
+# -----------------------------------------------------------------------------------------------------
+CONFIG = config.configure(globals(), sys.argv[1:])
+
+# 1. Check the constants before any work, so a typo costs a second, not a training run.
+config.check(EPOCHS > 0, f"--epochs must be > 0, got {EPOCHS}")
+config.check(BATCH_SIZE > 0 and HEAD_BATCH_SIZE > 0, "--batch_size and --head_batch_size must be > 0")
+config.check(LEARNING_RATE > 0, f"--learning_rate must be > 0, got {LEARNING_RATE}")
+config.check(0 < VALIDATION_FRACTION < 1, f"--validation_fraction must be in (0, 1), got {VALIDATION_FRACTION}")
+data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
+runtime.seed_everything(SEED, DETERMINISTIC)
+
+# 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
+#    Keras's download. Each task: its classes, labels remapped, shuffled 80/20 into train and validation.
+(x_train, y_train), (x_test, y_test), source = data.load_keras_dataset(
+    "cifar10", data.data_dir(DATA_DIR), (32, 32, 3), 10, keras.datasets.cifar10.load_data,
+    class_names=CLASS_NAMES,
+)
+tasks = {}
+for task, classes in (("a", TASK_A_CLASSES), ("b", TASK_B_CLASSES)):
+    x, y = data.split_task(x_train, y_train, classes)
+    train, validation = data.train_validation_split(x, y, VALIDATION_FRACTION, SEED)
+    test = data.split_task(x_test, y_test, classes)
+    for split, (x, y) in (("train", train), ("validation", validation), ("test", test)):
+        config.check(len(x) > 0, f"task {task.upper()} {split} is empty: no images of classes {classes}")
+        tasks[f"{task}_{split}"] = (data.scale_images(x), y)
+source["samples"] = {f"task_{name}": len(x) for name, (x, _) in tasks.items()}
+print(f"CIFAR-10 from {source['source']}: " + ", ".join(f"{k} {v}" for k, v in source["samples"].items()))
+xa_train, ya_train = tasks["a_train"]
+xb_train, yb_train = tasks["b_train"]
+
+
+# 3. The published network. Everything up to and including the Dropout is the feature extractor that
+#    transfer freezes; the head is Dense(128) -> Dense(5).
+def feature_layers():
+    return [
+        keras.layers.Conv2D(32, 5, activation="relu"),
+        keras.layers.Conv2D(16, 5, activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.42),
+    ]
+
+
+def head(num_classes):
+    return [keras.layers.Dense(128, activation="relu"), keras.layers.Dense(num_classes, activation="softmax")]
+
+
+def augmentation():
+    # Active only in training: mirror images and small shifts keep every class what it is.
+    return [keras.layers.RandomFlip("horizontal"), keras.layers.RandomTranslation(0.1, 0.1)] if AUGMENT else []
+
+
+def evaluate(model, task):
+    """(validation, test) as (loss, accuracy) pairs on one task's held-out images."""
+    return [model.evaluate(*tasks[f"{task}_{split}"], batch_size=1000, verbose=0) for split in ("validation", "test")]
+
+
+IMAGE = (32, 32, 3)
+histories = {}
+with records.Run(RESULTS_DIR, "cifar10", CONFIG, runtime.environment(), source) as run:
+    print(f"run {run.run_id}: {run.dir}")
+
+    # 4. Phase "base": feature layers and head learn task A from random init.
+    print(f"\n== base: {len(xa_train)} images of {[CLASS_NAMES[c] for c in TASK_A_CLASSES]}, {EPOCHS} epochs")
+    features = models.stack(IMAGE, feature_layers(), name="features")
+    base = models.stack(IMAGE, [*augmentation(), features, *head(len(TASK_A_CLASSES))], name="base")
+    histories["base"], timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS,
+                                          batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
+                                          validation_data=tasks["a_validation"])
+    validation, test = evaluate(base, "a")
+    run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
+                                         validation=validation, batch_size=BATCH_SIZE))
+
+    # 5. Phase "transfer": freeze the feature layers, train a new head on task B.
+    print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, frozen features")
+    features.trainable = False
+    new_head = models.stack(features.output_shape[1:], head(len(TASK_B_CLASSES)), name="head_b")
+    histories["transfer"], timer, cache = phases.fit_head(
+        run, "transfer", features, new_head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+        validation_data=tasks["b_validation"], augmentation=augmentation(),
+    )
+    # Validation and test on raw images through features + head: the numbers belong to the whole model.
+    transfer = models.compile_classifier(models.stack(IMAGE, [features, new_head], name="transfer"), LEARNING_RATE)
+    validation, test = evaluate(transfer, "b")
+    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
+                                             validation=validation, **cache))
+
+    # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
+    if RUN_SCRATCH:
+        print(f"\n== scratch: {len(xb_train)} images of task B, random init, {EPOCHS} epochs")
+        scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head(len(TASK_B_CLASSES))],
+                               name="scratch")
+        histories["scratch"], timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS,
+                                                 batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
+                                                 validation_data=tasks["b_validation"])
+        validation, test = evaluate(scratch, "b")
+        run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
+                                                validation=validation, batch_size=BATCH_SIZE))
+
+    # 7. Learning curves next to the record.
+    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"CIFAR-10 transfer, run {run.run_id}")
+
+# 8. Summary: what each phase cost and scored.
+records.print_summary(run.record, run.path)

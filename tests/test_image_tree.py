@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab import data
+from transferlab.config import UserError
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def make_tree(root, per_class=3, size=(32, 32), classes=CLASSES):
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = np.full((*size, 3), 40 * label + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_tree_decodes_to_keras_arrays_and_caches(tmp_path):
+    root = make_tree(tmp_path / "pets")
+    # A grayscale and an RGBA image are converted to RGB, not rejected.
+    Image.fromarray(np.full((32, 32), 200, np.uint8), mode="L").save(root / "train" / "dog" / "gray.png")
+    Image.fromarray(np.full((32, 32, 4), 90, np.uint8), mode="RGBA").save(root / "train" / "frog" / "alpha.png")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image: ignored")
+
+    (x, y), (xt, yt), source = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert x.shape == (11, 32, 32, 3) and x.dtype == np.uint8
+    assert y.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert xt.shape == (9, 32, 32, 3) and yt.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert x[0, 0, 0].tolist() == [0, 0, 0] and x[4, 0, 0].tolist() == [41, 41, 41]
+    assert x[6].min() == x[6].max() == 200  # dog/gray.png sorts after 0000-0002.png
+    assert source["cache"] == "miss" and source["source"] == str(root)
+
+    again = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert again[2]["cache"] == "hit" and again[2]["sha256"] == source["sha256"]
+    np.testing.assert_array_equal(again[0][0], x)
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "test" / "cat" / "new.png")
+    changed = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert changed[2]["cache"] == "miss" and changed[2]["sha256"] != source["sha256"]
+    assert len(changed[1][0]) == 10
+
+
+def test_damaged_cache_is_rebuilt(tmp_path, capsys):
+    root = make_tree(tmp_path / "pets")
+    first = data.load_image_tree(str(root), CLASSES, (32, 32, 3))[2]
+    with open(first["cache_file"], "r+b") as f:
+        f.truncate(100)
+    second = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert second[2]["cache"] == "miss" and "ignoring a damaged cache file" in capsys.readouterr().out
+    assert data.load_image_tree(str(root), CLASSES, (32, 32, 3))[2]["cache"] == "hit"
+
+
+def test_wrong_size_image_is_an_error_naming_the_file(tmp_path):
+    root = make_tree(tmp_path / "pets")
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(root / "train" / "dog" / "big.png")
+    with pytest.raises(UserError) as caught:
+        data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert str(caught.value) == f"{root / 'train' / 'dog' / 'big.png'}: image is 30x40, expected 32x32"
+
+
+def test_corrupt_image_is_an_error_naming_the_file(tmp_path):
+    root = make_tree(tmp_path / "pets")
+    (root / "test" / "frog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(UserError, match="broken.jpg: cannot decode this image"):
+        data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda root: __import__("shutil").rmtree(root / "test"), "has no test/ folder"),
+        (lambda root: __import__("shutil").rmtree(root / "train" / "frog"), "has no train/frog/ folder"),
+        (lambda root: (root / "train" / "horse").mkdir(), "folders ['horse'] are not classes of this dataset"),
+    ],
+)
+def test_tree_layout_problems_are_one_line_errors(tmp_path, damage, message):
+    root = make_tree(tmp_path / "pets")
+    damage(root)
+    with pytest.raises(UserError, match=None) as caught:
+        data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert message in str(caught.value)
+
+
+def test_grayscale_tree_for_mnist_layout(tmp_path):
+    root = tmp_path / "data" / "mnist"
+    for split in ("train", "test"):
+        for digit in range(10):
+            (root / split / str(digit)).mkdir(parents=True)
+            Image.fromarray(np.full((28, 28, 3), digit, np.uint8)).save(root / split / str(digit) / "a.png")
+    (x, y), _, source = data.load_keras_dataset("mnist", str(tmp_path / "data"), (28, 28), 10, download=None,
+                                                class_names=[str(d) for d in range(10)])
+    assert x.shape == (10, 28, 28) and y.tolist() == list(range(10)) and x[3].max() == 3
+    assert source["source"] == str(root)
+
+
+def test_train_validation_split_is_a_seeded_shuffle():
+    x = np.arange(100)
+    y = np.repeat([0, 1], 50)  # sorted by class, as an image tree lists it
+    (xt, yt), (xv, yv) = data.train_validation_split(x, y, 0.2, seed=1)
+    assert len(xt) == 80 and len(xv) == 20
+    assert sorted(np.concatenate([xt, xv]).tolist()) == list(range(100))
+    assert 0 < yv.sum() < 20  # both classes validate, unlike a plain slice of the last 20
+    (xt2, _), (xv2, _) = data.train_validation_split(x, y, 0.2, seed=1)
+    assert xv2.tolist() == xv.tolist()
+    assert data.train_validation_split(x, y, 0.2, seed=2)[1][0].tolist() != xv.tolist()
