@@ -68,8 +68,10 @@ xa_train, ya_train = tasks["a_train"]
 xb_train, yb_train = tasks["b_train"]
 
 
-# 3. The published network. Everything up to and including the Dropout is the feature extractor that
-#    transfer freezes; the head is Dense(128) -> Dense(5).
+# 3. The published network. Transfer freezes everything up to and including the Dropout(0.42) and trains
+#    a new Dense(128) -> Dense(5) head. A Dropout has no weights, so here it opens the head instead of
+#    closing the feature layers: the same network, but the frozen-feature cache can stop at the Flatten
+#    and the new head still trains with dropout on its input, as it does in the published frozen model.
 def feature_layers():
     return [
         keras.layers.Conv2D(32, 5, activation="relu"),
@@ -77,12 +79,15 @@ def feature_layers():
         keras.layers.MaxPooling2D(2),
         keras.layers.Conv2D(8, 3, activation="relu"),
         keras.layers.Flatten(),
-        keras.layers.Dropout(0.42),
     ]
 
 
 def head(num_classes):
-    return [keras.layers.Dense(128, activation="relu"), keras.layers.Dense(num_classes, activation="softmax")]
+    return [
+        keras.layers.Dropout(0.42),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ]
 
 
 def augmentation():

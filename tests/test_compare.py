@@ -60,6 +60,7 @@ def test_groups_runs_that_differ_only_in_seed(results):
     mean, std, n = group["transfer_minus_scratch_points"]
     assert mean == pytest.approx(1.2) and std == pytest.approx(0.2)  # (1.0, 1.2, 1.4) points
     assert group["scratch_over_transfer_seconds"] == (10.0, 0.0, 3)
+    assert group["transfer_over_base_seconds"] == (pytest.approx(10 / 300), 0.0, 3)
     assert by_id["r5"]["status"] == "failed" and by_id["r4"]["n"] == 1
 
 

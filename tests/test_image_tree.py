@@ -37,7 +37,7 @@ def test_tree_decodes_to_keras_arrays_and_caches(tmp_path):
     assert xt.shape == (9, 32, 32, 3) and yt.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert x[0, 0, 0].tolist() == [0, 0, 0] and x[4, 0, 0].tolist() == [41, 41, 41]
     assert x[6].min() == x[6].max() == 200  # dog/gray.png sorts after 0000-0002.png
-    assert source["cache"] == "miss" and source["source"] == str(root)
+    assert source["cache"] == "miss" and source["source"] == str(root) and source["decode_seconds"] > 0
 
     again = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
     assert again[2]["cache"] == "hit" and again[2]["sha256"] == source["sha256"]

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 
 from transferlab import models, phases
 
@@ -38,12 +39,12 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     assert summary["test_accuracy"] == test[1]
 
 
-def test_nan_loss_stops_training(tmp_path):
-    model = models.compile_classifier(tiny_model(), 0.01)
-    timer, callbacks = phases.callbacks(FakeRun(tmp_path), "nan")
+def test_nan_loss_stops_training_and_fails_the_phase(tmp_path):
     x = np.full((32, 4), np.nan, dtype="float32")
-    model.fit(x, np.zeros(32), epochs=5, batch_size=8, callbacks=callbacks, verbose=0)
-    assert len(timer.epoch_seconds) <= 1  # TerminateOnNaN stopped it in the first epoch
+    with pytest.raises(FloatingPointError, match="phase nan: the loss became NaN or infinite in epoch 1;"):
+        phases.fit(FakeRun(tmp_path), "nan", tiny_model(), x, np.zeros(32), epochs=5, batch_size=8,
+                   learning_rate=0.01)
+    assert len((tmp_path / "history_nan.csv").read_text().splitlines()) == 2  # header + the one epoch
 
 
 def test_features_are_extracted_in_inference_mode_with_frozen_weights():

@@ -79,3 +79,13 @@ def test_interrupted_run_is_recorded_and_exits_130(tmp_path):
     assert caught.value.code == 130
     record = read(run)
     assert record["status"] == "interrupted" and record["phases"] == {"base": {"epochs": 1}}
+
+
+def test_diverged_run_is_failed_with_one_line_and_exit_1(tmp_path, capsys):
+    run = make_run(tmp_path)
+    with pytest.raises(SystemExit) as caught, run:
+        raise FloatingPointError("phase base: the loss became NaN")
+    assert caught.value.code == 1
+    record = read(run)
+    assert record["status"] == "failed" and record["error"] == "FloatingPointError: phase base: the loss became NaN"
+    assert capsys.readouterr().err == f"error: phase base: the loss became NaN; record saved as {run.path}\n"

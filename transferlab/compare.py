@@ -5,8 +5,9 @@
 Reads every record.json under the given folders (default: results/), skips and names any file that is not
 a valid record, and prints experiment, run id, status, the constants that differ between the runs shown,
 and per phase the training seconds, the steady epoch seconds and the test accuracy (validation accuracy
-where a phase has no test), plus what transfer bought against scratch: the accuracy difference in points
-and how many times faster it trained. Runs with identical constants except SEED are grouped and shown as
+where a phase has no test; validation accuracy too where recorded), plus what transfer bought against
+scratch (the accuracy difference in points, how many times faster it trained) and the transfer phase's
+time as a share of the base phase's. Runs with identical constants except SEED are grouped and shown as
 mean ± standard deviation with their count n.
 """
 
@@ -21,7 +22,8 @@ import sys
 REQUIRED = ("experiment", "run_id", "status", "config", "phases")
 GROUPED_OUT = ("SEED",)  # runs that differ only in these constants form one group
 NOT_SETTINGS = ("RESULTS_DIR",)  # where a run was written says nothing about the experiment
-PHASE_METRICS = (("train_seconds", "s"), ("steady_epoch_seconds", "epoch s"), ("accuracy", "acc"))
+PHASE_METRICS = (("train_seconds", "s"), ("steady_epoch_seconds", "epoch s"), ("accuracy", "acc"),
+                 ("val_accuracy", "val acc"))
 
 
 def find_records(paths):
@@ -93,13 +95,16 @@ def run_metrics(record):
             continue
         accuracy = phase.get("test_accuracy", phase.get("val_accuracy"))
         for key, value in (("train_seconds", phase.get("train_seconds")),
-                           ("steady_epoch_seconds", phase.get("steady_epoch_seconds")), ("accuracy", accuracy)):
+                           ("steady_epoch_seconds", phase.get("steady_epoch_seconds")), ("accuracy", accuracy),
+                           ("val_accuracy", phase.get("val_accuracy"))):
             if isinstance(value, (int, float)):
                 out[f"{name}.{key}"] = float(value)
     if {"transfer.accuracy", "scratch.accuracy"} <= set(out):
         out["transfer_minus_scratch_points"] = 100 * (out["transfer.accuracy"] - out["scratch.accuracy"])
     if out.get("transfer.train_seconds") and "scratch.train_seconds" in out:
         out["scratch_over_transfer_seconds"] = out["scratch.train_seconds"] / out["transfer.train_seconds"]
+    if out.get("base.train_seconds") and "transfer.train_seconds" in out:
+        out["transfer_over_base_seconds"] = out["transfer.train_seconds"] / out["base.train_seconds"]
     return out
 
 
@@ -114,7 +119,7 @@ def build_table(records):
     """(columns, rows). Each row is a dict: text fields and, per metric, a (mean, std, n) triple."""
     constants = differing_constants(records)
     metrics = [f"{phase}.{key}" for phase in phase_names(records) for key, _ in PHASE_METRICS]
-    metrics += ["transfer_minus_scratch_points", "scratch_over_transfer_seconds"]
+    metrics += ["transfer_minus_scratch_points", "scratch_over_transfer_seconds", "transfer_over_base_seconds"]
     groups = {}
     for record in sorted(records, key=lambda r: (r["experiment"], str(r["run_id"]))):
         groups.setdefault(group_key(record), []).append(record)
@@ -143,6 +148,8 @@ def header(column):
         return "transfer-scratch acc (points)"
     if column == "scratch_over_transfer_seconds":
         return "scratch/transfer time"
+    if column == "transfer_over_base_seconds":
+        return "transfer/base time"
     if "." in column:
         phase, key = column.split(".", 1)
         return f"{phase} {dict(PHASE_METRICS)[key]}"
@@ -155,10 +162,12 @@ def cell(column, value):
     mean, std, n = value
     if n == 0:
         return "-"
-    if column.endswith(".accuracy"):
+    if column.endswith("accuracy"):
         text, spread = f"{100 * mean:.2f}%", f"{100 * std:.2f}"
     elif column == "scratch_over_transfer_seconds":
         text, spread = f"{mean:.1f}x", f"{std:.1f}"
+    elif column == "transfer_over_base_seconds":
+        text, spread = f"{mean:.3f}", f"{std:.3f}"
     elif column == "transfer_minus_scratch_points":
         text, spread = f"{mean:+.2f}", f"{std:.2f}"
     else:

@@ -4,6 +4,7 @@ import concurrent.futures
 import hashlib
 import os
 import secrets
+import time
 import zipfile
 
 import numpy as np
@@ -181,10 +182,12 @@ def load_image_tree(root, class_names, image_shape):
         except UserError as error:
             print(f"warning: ignoring a damaged cache file and decoding again: {error}")
     print(f"decoding {sum(len(f) for f in listing.values())} images under {root} (cached for next time) ...")
+    start = time.perf_counter()
     arrays = {}
     for split, files in listing.items():
         arrays[f"x_{split}"] = decode_images([f[0] for f in files], image_shape)
         arrays[f"y_{split}"] = np.array([f[2] for f in files], dtype=np.uint8)
+    source["decode_seconds"] = round(time.perf_counter() - start, 3)
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz"
     try:
         os.makedirs(cache_dir(), exist_ok=True)

@@ -53,8 +53,11 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     models.compile_classifier(model, learning_rate, steps_per_execution)
     timer, phase_callbacks = callbacks(run, phase)
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
-                        callbacks=phase_callbacks, verbose=VERBOSE)
-    return history.history, timer
+                        callbacks=phase_callbacks, verbose=VERBOSE).history
+    if not np.all(np.isfinite(history["loss"])):  # TerminateOnNaN stopped it: the phase failed
+        raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
+                                 f"{len(history['loss'])}; try a lower --learning_rate")
+    return history, timer
 
 
 def extract_features(frozen, x, batch_size):

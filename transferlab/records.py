@@ -119,6 +119,9 @@ class Run:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             print(f"\ninterrupted; record saved as {self.path}", file=sys.stderr)
             raise SystemExit(130) from None
+        if kind is not None and issubclass(kind, FloatingPointError):  # a diverged run: no traceback needed
+            print(f"error: {error}; record saved as {self.path}", file=sys.stderr)
+            raise SystemExit(1) from None
         return False
 
 
