@@ -41,9 +41,8 @@ RESULTS_DIR = "results"  # each run writes RESULTS_DIR/cifar10/<run_id>/
 CONFIG = config.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants before any work, so a typo costs a second, not a training run.
-config.check(EPOCHS > 0, f"--epochs must be > 0, got {EPOCHS}")
-config.check(BATCH_SIZE > 0 and HEAD_BATCH_SIZE > 0, "--batch_size and --head_batch_size must be > 0")
-config.check(LEARNING_RATE > 0, f"--learning_rate must be > 0, got {LEARNING_RATE}")
+config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
+                      LEARNING_RATE=LEARNING_RATE)
 config.check(0 < VALIDATION_FRACTION < 1, f"--validation_fraction must be in (0, 1), got {VALIDATION_FRACTION}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
 runtime.seed_everything(SEED, DETERMINISTIC)

@@ -129,3 +129,9 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     result = run_script("mnist_transfer.py", "--epochs=0", "--debug", f"--results_dir={tmp_path}")
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "error: --epochs must be > 0" in result.stderr
+
+
+def test_check_positive_names_the_flag():
+    config.check_positive(EPOCHS=1, LEARNING_RATE=0.1)
+    with pytest.raises(UserError, match=r"^--batch_size must be > 0, got -3$"):
+        config.check_positive(EPOCHS=1, BATCH_SIZE=-3)

@@ -28,6 +28,12 @@ def check(condition, message):
         raise UserError(message)
 
 
+def check_positive(**values):
+    """Each named value must be > 0: `check_positive(EPOCHS=EPOCHS)` stops with "--epochs must be > 0, got 0"."""
+    for name, value in values.items():
+        check(value > 0, f"--{name.lower()} must be > 0, got {value}")
+
+
 def constants(namespace):
     """The constants of a script's namespace, in the order they were defined: {NAME: value}."""
     return {
