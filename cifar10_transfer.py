@@ -19,8 +19,6 @@ from transferlab import config, data, models, phases, plots, records
 
 import keras
 
-CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value.
 TASK_A_CLASSES = [0, 1, 2, 3, 4]  # classes the base network learns: airplane automobile bird cat deer
@@ -49,6 +47,8 @@ runtime.seed_everything(SEED, DETERMINISTIC)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
 #    Keras's download. Each task: its classes, labels remapped, shuffled 80/20 into train and validation.
+# Keras's label order; defined after the constants block, so it is a fact of the data, not an override.
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 (x_train, y_train), (x_test, y_test), source = data.load_keras_dataset(
     "cifar10", data.data_dir(DATA_DIR), (32, 32, 3), 10, keras.datasets.cifar10.load_data,
     class_names=CLASS_NAMES,

@@ -92,6 +92,13 @@ def test_npz_source_with_keras_layout(tmp_path):
     assert record["data"]["samples"]["task_b_train"] == 40
 
 
+def test_help_lists_only_the_constants_block():
+    result = run_script("cifar10_transfer.py", "--help")
+    assert result.returncode == 0
+    assert "--validation_fraction=0.2" in result.stdout and "--batch_size=100" in result.stdout
+    assert "--class_names" not in result.stdout  # a fact of the data, defined after the block
+
+
 def test_missing_data_names_both_layouts(tmp_path):
     result = run_script("cifar10_transfer.py", f"--data_dir={tmp_path}", f"--results_dir={tmp_path / 'r'}")
     assert result.returncode == 2

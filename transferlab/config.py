@@ -124,11 +124,12 @@ def help_text(namespace, script):
     if doc:
         lines += [doc[0], ""]
     lines.append("constants (override as --name=value; values are Python literals, else strings):")
-    flags = {name: f"  --{name.lower()}={values[name]!r}" for name in values}
-    width = max((len(f) for f in flags.values()), default=0)
+    flags = {name: f"--{name.lower()}={values[name]!r}" for name in values}
+    flags["DEBUG"] = "--debug"
+    notes["DEBUG"] = "show tracebacks for bad input instead of one line"
+    width = min(max(len(f) for f in flags.values()), 36)  # a long default does not push every comment away
     for name, flag in flags.items():
-        lines.append(f"{flag.ljust(width)}  {notes.get(name, '')}".rstrip())
-    lines.append(f"  --debug{' ' * max(width - 7, 0)}  show tracebacks for bad input instead of one line")
+        lines.append(f"  {flag.ljust(width)}  {notes.get(name, '')}".rstrip())
     return "\n".join(lines)
 
 
