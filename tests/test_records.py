@@ -38,6 +38,16 @@ def test_unusable_results_dir_is_a_user_error(tmp_path):
         records.new_run_dir(blocker, "mnist")
 
 
+def test_a_results_dir_that_refuses_writes_is_a_user_error(tmp_path, monkeypatch):
+    def refuse(path, *args):
+        raise PermissionError(13, "Permission denied")
+
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setattr(records.os, "mkdir", refuse)
+    with pytest.raises(UserError, match="cannot write to results folder .*: Permission denied"):
+        records.new_run_dir(tmp_path, "mnist")
+
+
 def make_run(tmp_path):
     return records.Run(tmp_path, "demo", {"EPOCHS": 1}, {"python": "3"}, {"source": "x"})
 

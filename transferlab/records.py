@@ -60,6 +60,8 @@ def new_run_dir(results_dir, experiment):
             return run_id, folder
         except FileExistsError:
             continue
+        except OSError as error:  # e.g. a read-only mount, where os.access can still say yes
+            raise UserError(f"cannot write to results folder {parent!r}: {error.strerror} (--results_dir=)") from None
 
 
 def check_writable(folder):
