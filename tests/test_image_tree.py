@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,8 +79,8 @@ def test_corrupt_image_is_an_error_naming_the_file(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda root: __import__("shutil").rmtree(root / "test"), "has no test/ folder"),
-        (lambda root: __import__("shutil").rmtree(root / "train" / "frog"), "has no train/frog/ folder"),
+        (lambda root: shutil.rmtree(root / "test"), "has no test/ folder"),
+        (lambda root: shutil.rmtree(root / "train" / "frog"), "has no train/frog/ folder"),
         (lambda root: (root / "train" / "horse").mkdir(), "folders ['horse'] are not classes of this dataset"),
     ],
 )

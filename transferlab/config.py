@@ -118,7 +118,10 @@ def comments(source):
 def help_text(namespace, script):
     """The --help page: usage, the script's first docstring line, and every constant with its default."""
     values = constants(namespace)
-    notes = comments(open(script, encoding="utf-8").read()) if os.path.exists(script) else {}
+    notes = {}
+    if os.path.exists(script):
+        with open(script, encoding="utf-8") as f:
+            notes = comments(f.read())
     doc = (namespace.get("__doc__") or "").strip().splitlines()
     lines = [f"usage: python {os.path.basename(script)} [--name=value ...] [--debug]", ""]
     if doc:
