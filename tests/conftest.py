@@ -52,3 +52,63 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
         [sys.executable, os.path.join(ROOT, script), *map(str, args)],
         cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230)]
+
+
+def make_image_folder(root, classes=2, per_class=8, validation=True, bad_files=True):
+    """A tiny image folder in the image_dataset_from_directory layout: root/train/<class>/ (and validation/).
+
+    Each class is a colour (red, green, blue squares over noise) saved in a mix of formats and modes
+    (RGB PNG and JPEG, grayscale, RGBA, palette); with `bad_files`, train/ also holds a corrupt JPEG,
+    a truncated PNG, an empty file and a text file: 4 files to skip.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    names = [f"class_{chr(97 + c)}" for c in range(classes)]
+    splits = {"train": per_class, **({"validation": max(2, per_class // 2)} if validation else {})}
+    for split, count in splits.items():
+        for c, name in enumerate(names):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, size=(24 + i, 30, 3), dtype=np.uint8)
+                pixels[4:20, 6:24] = COLOURS[c]
+                image = Image.fromarray(pixels)
+                kind = i % 5
+                if kind == 0:
+                    image.save(folder / f"{i}.jpg")
+                elif kind == 1:
+                    image.convert("L").save(folder / f"{i}.png")
+                elif kind == 2:
+                    image.convert("RGBA").save(folder / f"{i}.png")
+                elif kind == 3:
+                    image.convert("P").save(folder / f"{i}.png")
+                else:
+                    image.save(folder / f"{i}.png")
+    if bad_files:
+        first = root / "train" / names[0]
+        (first / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+        whole = (first / "4.png").read_bytes()
+        (first / "truncated.png").write_bytes(whole[: len(whole) // 2])
+        (root / "train" / names[-1] / "empty.jpg").write_bytes(b"")
+        (root / "train" / names[-1] / "notes.txt").write_text("not an image")
+    return names
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Two classes with a validation/ folder and four bad files in train/."""
+    root = tmp_path / "images"
+    make_image_folder(root)
+    return root
+
+
+@pytest.fixture
+def image_folder_3(tmp_path):
+    """Three classes, no validation/ folder (the scripts split train/), four bad files."""
+    root = tmp_path / "images3"
+    make_image_folder(root, classes=3, per_class=10, validation=False)
+    return root

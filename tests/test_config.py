@@ -135,3 +135,18 @@ def test_check_positive_names_the_flag():
     config.check_positive(EPOCHS=1, LEARNING_RATE=0.1)
     with pytest.raises(UserError, match=r"^--batch_size must be > 0, got -3$"):
         config.check_positive(EPOCHS=1, BATCH_SIZE=-3)
+
+
+def test_an_int_or_str_constant_keeps_numbers_as_numbers_and_names_as_text():
+    annotation = int | str | None
+    assert config.parse_value("FINE_TUNE_AT", "100", None, annotation) == 100
+    assert config.parse_value("FINE_TUNE_AT", "block_13_expand", None, annotation) == "block_13_expand"
+    assert config.parse_value("FINE_TUNE_AT", "None", None, annotation) is None
+    assert config.parse_value("WEIGHTS", "42", "imagenet", str | None) == "42"  # str alone: the text as written
+
+
+def test_fill_from_recipe_fills_only_what_was_left_at_none():
+    namespace = {"IMAGE_SIZE": None, "EPOCHS": 3, "FINE_TUNE_AT": None}
+    values = dict(namespace)
+    filled = config.fill_from_recipe(namespace, values, {"IMAGE_SIZE": 160, "EPOCHS": 10, "FINE_TUNE_AT": 0})
+    assert filled == namespace == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}

@@ -70,7 +70,9 @@ def parse_value(name, raw, default, annotation=None):
         check(type(None) in allowed, f"{flag}: {name} may not be None (expected {_type_names(allowed)})")
         return None
     if str in allowed and not isinstance(value, str):
-        return raw  # a string constant takes the text as written: --run_name=007 is "007"
+        others = tuple(t for t in allowed if t not in (str, type(None), list))
+        if not (others and isinstance(value, others) and not isinstance(value, bool)):
+            return raw  # a string constant takes the text as written: --run_name=007 is "007"
     if list in allowed:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -155,6 +157,16 @@ def apply_overrides(namespace, argv):
         check(name in values and flag == flag.lower(), f"unknown constant --{flag}; valid names: {valid}")
         values[name] = parse_value(name, raw, values[name], annotations.get(name))
     namespace.update(values)
+    return values
+
+
+def fill_from_recipe(namespace, values, recipe):
+    """Constants left at None take the recipe's value, so one constant (a dataset, say) can switch a
+    whole experiment while any constant set on the command line still wins. Updates the script's
+    globals and `values` (the record's config) alike, and returns `values`."""
+    for name, value in recipe.items():
+        if values[name] is None:
+            values[name] = namespace[name] = value
     return values
 
 

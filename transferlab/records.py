@@ -76,7 +76,7 @@ class Run:
     "complete", "interrupted" (Ctrl-C or SIGTERM) or "failed" (with the error), and is written again.
     """
 
-    def __init__(self, results_dir, experiment, config, environment, data):
+    def __init__(self, results_dir, experiment, config, environment, data, **sections):
         self.run_id, self.dir = new_run_dir(results_dir, experiment)
         self.path = os.path.join(self.dir, RECORD)
         self.record = {
@@ -88,6 +88,7 @@ class Run:
             "config": config,
             "environment": environment,
             "data": data,
+            **sections,  # e.g. the pretrained backbone and its weights
             "phases": {},
         }
         self.save()
@@ -128,13 +129,16 @@ class Run:
 
 
 def print_summary(record, path):
-    """The table a run ends with: phase, samples, training seconds, test (and validation) accuracy."""
+    """The table a run ends with: phase, samples, training seconds, test and validation accuracy (where measured)."""
     phases = record["phases"]
     has_val = any("val_accuracy" in p for p in phases.values())
-    print(f"\n{'phase':<10}{'samples':>9}{'seconds':>10}{'test acc':>10}" + (f"{'val acc':>10}" if has_val else ""))
+    has_test = any("test_accuracy" in p for p in phases.values())
+    print(f"\n{'phase':<10}{'samples':>9}{'seconds':>10}" + (f"{'test acc':>10}" if has_test else "")
+          + (f"{'val acc':>10}" if has_val else ""))
     for name, phase in phases.items():
+        test = f"{phase['test_accuracy']:>10.2%}" if "test_accuracy" in phase else ""
         val = f"{phase['val_accuracy']:>10.2%}" if "val_accuracy" in phase else ""
-        print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{phase['test_accuracy']:>10.2%}{val}")
+        print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{test}{val}")
     print(f"record: {path}")
 
 

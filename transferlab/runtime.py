@@ -5,6 +5,7 @@ Import this module before `keras` or `tensorflow`: it starts TensorFlow with its
 the import are still raised and shown.
 """
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -15,21 +16,28 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _import_tensorflow_quietly():
-    # TensorFlow's import and its first device query write to file descriptor 2 from C++ before its
-    # logging is configured, so no environment variable silences them; point fd 2 at /dev/null meanwhile.
+@contextlib.contextmanager
+def quiet_stderr():
+    """Point file descriptor 2 at /dev/null meanwhile: for C++ code that writes there directly."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _import_tensorflow_quietly():
+    # TensorFlow's import and its first device query write to file descriptor 2 from C++ before its
+    # logging is configured, so no environment variable silences them.
+    with quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
     return tf
 
 

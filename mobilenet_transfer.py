@@ -1,0 +1,191 @@
+"""MobileNetV2 transfer learning: an ImageNet backbone, frozen under a new head, then fine-tuned.
+
+Reproduces the TensorFlow transfer-learning tutorial on cats vs dogs (MobileNetV2 at 160x160, frozen
+phase, then the top of the backbone unfrozen at a low learning rate) with the published notebook's head
+(Dense 1024-1024-512), on any folder of class subfolders; `--dataset=mnist` reproduces the published
+MobileNetV2-on-MNIST experiment (32x32 RGB digits), done right. Adds the baseline neither had: the same
+network trained from random initialisation for as many epochs as transfer had.
+
+    WEIGHTS=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5    # offline here; elsewhere "imagenet"
+    python mobilenet_transfer.py --data_dir=../shared/datasets --weights=$WEIGHTS
+    python mobilenet_transfer.py --data_dir=my_photos          # my_photos/train/<class>/*.jpg (+ validation/)
+    python mobilenet_transfer.py --dataset=mnist --data_dir=../shared/datasets --weights=$WEIGHTS
+    python mobilenet_transfer.py --help                        # every constant with its default
+"""
+
+import functools
+import sys
+
+from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
+from transferlab import backbones, config, data, folders, models, phases, plots, records
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# -----------------------------------------------------------------------------------------------------
+# Constants: edit them here, or override any from the shell as --name=value. None: the dataset's recipe.
+DATASET = "folder"  # "folder": class subfolders of images (cats vs dogs by default); "mnist": digits as RGB
+DATA_DIR: str | None = None  # a folder with train/<class>/ (or holding cats_and_dogs_filtered/, or mnist.npz)
+VALIDATION_SPLIT: float | None = None  # share of the training images that validates when there is no validation/
+WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
+IMAGE_SIZE: int | None = None  # input pixels per side (recipe: 160 for folders, as the tutorial; 32 for MNIST)
+HEAD = [1024, 1024, 512]  # hidden Dense(relu) widths between the pooled features and the output, as published
+EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
+BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
+HEAD_BATCH_SIZE = 32  # batch size for the head on cached features
+LEARNING_RATE: float | None = None  # for the new head in the frozen phase, and for scratch
+OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
+FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
+FINE_TUNE_AT: int | str | None = None  # first backbone layer to unfreeze, by index or name (0: all of it)
+FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines ImageNet's features, not erases them
+FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
+BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
+AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
+FEATURE_CACHE = True  # frozen phase: run the backbone once per image, then train only the head
+RUN_SCRATCH = True  # train the same network from random init: what did the ImageNet weights buy?
+SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
+SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
+DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
+RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mobilenet/<run_id>/
+# -----------------------------------------------------------------------------------------------------
+RECIPES = {
+    # The tutorial's cats vs dogs: 2,000 photos much like ImageNet's, so ImageNet's BatchNormalization
+    # statistics stay; only the top of the backbone (layers 100 on, of 154) is unfrozen.
+    "folder": {"IMAGE_SIZE": 160, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4,
+               "FINE_TUNE_EPOCHS": 10, "FINE_TUNE_AT": 100, "FINE_TUNE_LEARNING_RATE": 1e-5,
+               "FINE_TUNE_BATCHNORM": False},
+    # MNIST: 60,000 images far from ImageNet. Frozen ImageNet features give only about 61% here
+    # (FINDINGS), so the whole backbone is fine-tuned, at Adam's usual 1e-3 (1e-4 reached 84% validation
+    # after a fine-tuning epoch, too slow), and its BatchNormalization statistics must adapt.
+    "mnist": {"IMAGE_SIZE": 32, "VALIDATION_SPLIT": 0.1, "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3,
+              "FINE_TUNE_EPOCHS": 3, "FINE_TUNE_AT": 0, "FINE_TUNE_LEARNING_RATE": 1e-3,
+              "FINE_TUNE_BATCHNORM": True},
+}
+CONFIG = config.configure(globals(), sys.argv[1:])
+
+# 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
+config.check(DATASET in RECIPES, f"--dataset={DATASET}: expected one of {', '.join(RECIPES)}")
+CONFIG = config.fill_from_recipe(globals(), CONFIG, RECIPES[DATASET])
+if SCRATCH_EPOCHS is None:
+    CONFIG["SCRATCH_EPOCHS"] = SCRATCH_EPOCHS = EPOCHS + FINE_TUNE_EPOCHS
+config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
+                      LEARNING_RATE=LEARNING_RATE, FINE_TUNE_LEARNING_RATE=FINE_TUNE_LEARNING_RATE,
+                      IMAGE_SIZE=IMAGE_SIZE, BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
+config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs and --scratch_epochs must be >= 0")
+config.check(0 < VALIDATION_SPLIT < 1, f"--validation_split={VALIDATION_SPLIT}: must be in (0, 1)")
+config.check(BATCHNORM_MOMENTUM < 1, f"--batchnorm_momentum={BATCHNORM_MOMENTUM}: must be in (0, 1)")
+config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
+config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
+runtime.seed_everything(SEED, DETERMINISTIC)
+backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
+backbones.layer_index(backbone, FINE_TUNE_AT)
+
+# 2. Data as uint8 images at the input size, decoded once: an image folder, or MNIST's digits as RGB.
+if DATASET == "folder":
+    root = folders.find(data.data_dir(DATA_DIR))
+    (x_train, y_train), (x_val, y_val), source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, SEED)
+    CLASS_NAMES, test = source["class_names"], None  # an image folder has no test set: validation reports
+else:
+    (x_train, y_train), (x_test, y_test), source = data.load_keras_dataset(
+        "mnist", data.data_dir(DATA_DIR), (28, 28), 10, keras.datasets.mnist.load_data,
+        class_names=[str(digit) for digit in range(10)],
+    )
+
+    def as_rgb(x):  # 28x28 grey digits -> IMAGE_SIZE x IMAGE_SIZE RGB, as the backbone expects
+        resized = tf.image.resize(x[..., None].astype(np.float32), (IMAGE_SIZE, IMAGE_SIZE))
+        return np.repeat(np.round(resized.numpy()).clip(0, 255).astype(np.uint8), 3, axis=-1)
+
+    (x_train, y_train), (x_val, y_val) = data.train_validation_split(as_rgb(x_train), y_train, VALIDATION_SPLIT, SEED)
+    CLASS_NAMES, test = [str(digit) for digit in range(10)], (as_rgb(x_test), y_test)
+    source["samples"] = {"train": len(x_train), "validation": len(x_val), "test": len(y_test)}
+print(f"{DATASET} from {source['source']}: classes {CLASS_NAMES}, "
+      + ", ".join(f"{n} {split}" for split, n in source["samples"].items()))
+
+
+# 3. Input pipelines: shuffled and (optionally) augmented for training, the backbone's own preprocessing once.
+def augmentation():
+    if not AUGMENT:
+        return None
+    if DATASET == "mnist":  # no flips: a mirrored 2 is not a 2
+        return keras.Sequential([keras.layers.RandomRotation(0.05), keras.layers.RandomTranslation(0.1, 0.1)])
+    return keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.2)])
+
+
+feed = functools.partial(backbones.pipeline, preprocess=backbones.preprocess_function("MobileNetV2"),
+                         batch_size=BATCH_SIZE, seed=SEED, augmentation=augmentation())
+
+
+def evaluate(model):
+    """(validation, test) as (loss, accuracy); test is None for an image folder."""
+    validation = model.evaluate(feed(x_val, y_val, False), verbose=0)
+    return validation, test and model.evaluate(feed(*test, False), verbose=0)
+
+
+# 4. The network: backbone -> global average pooling (the features) -> the published dense head.
+def new_head():
+    layers = [keras.layers.Dense(width, activation="relu") for width in HEAD]
+    return models.stack((1280,), [*layers, models.output_layer(len(CLASS_NAMES))], name="head")
+
+
+IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+histories, starts = {}, {}
+with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source, backbone=backbone_info) as run:
+    print(f"run {run.run_id}: {run.dir}")
+
+    # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns.
+    print(f"\n== transfer: {len(x_train)} images, MobileNetV2 ({backbone_info['weights']}) frozen, {EPOCHS} epochs")
+    features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
+    head = new_head()
+    histories["transfer"], timer, cache = phases.fit_head(
+        run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT, epochs=EPOCHS,
+        batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER,
+        validation_data=(x_val, y_val), feed=feed,
+    )
+    model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
+    validation, test_result = evaluate(model)
+    run.add_phase("transfer", phases.summary(CLASS_NAMES, x_train, EPOCHS, timer, test_result, model,
+                                             validation=validation, **cache))
+
+    # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate. Keras fixes
+    #    the trainable weights when compiling, so phases.fit compiles again; epochs go on numbering.
+    if FINE_TUNE_EPOCHS:
+        trainable = backbones.unfreeze(backbone, FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
+        print(f"\n== fine_tune: layers {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, BatchNormalization "
+              f"{'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}, {FINE_TUNE_EPOCHS} epochs")
+        starts["fine_tune"] = EPOCHS
+        histories["fine_tune"], timer = phases.fit(
+            run, "fine_tune", model, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
+            epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER,
+        )
+        validation, test_result = evaluate(model)
+        run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result, model,
+                                                  validation=validation, batch_size=BATCH_SIZE))
+
+    # 7. Plots of the final transferred model: where it errs, and what it sees.
+    y_pred = models.predict_classes(model, feed(x_val, y_val, False))
+    plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
+                      f"MobileNetV2 {DATASET}, validation, run {run.run_id}", seed=SEED)
+
+    # 8. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
+    if RUN_SCRATCH and SCRATCH_EPOCHS:
+        print(f"\n== scratch: {len(x_train)} images, MobileNetV2 from random init, {SCRATCH_EPOCHS} epochs")
+        random_backbone, _ = backbones.load("MobileNetV2", IMAGE_SIZE, None)
+        backbones.set_batchnorm_momentum(random_backbone, BATCHNORM_MOMENTUM)
+        scratch_features = backbones.feature_extractor(random_backbone, keras.layers.GlobalAveragePooling2D(),
+                                                       frozen=False)
+        scratch = models.stack(IMAGE, [scratch_features, new_head()], name="scratch")
+        histories["scratch"], timer = phases.fit(
+            run, "scratch", scratch, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
+            epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER,
+        )
+        validation, test_result = evaluate(scratch)
+        run.add_phase("scratch", phases.summary(CLASS_NAMES, x_train, SCRATCH_EPOCHS, timer, test_result, scratch,
+                                                validation=validation, batch_size=BATCH_SIZE))
+
+    # 9. Learning curves of every phase, fine-tuning placed after the frozen phase.
+    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"MobileNetV2 {DATASET}, run {run.run_id}",
+                          starts=starts)
+
+# 10. Summary: what each phase cost and scored.
+records.print_summary(run.record, run.path)

@@ -1,0 +1,168 @@
+"""mobilenet_transfer.py and inception_transfer.py end to end on tiny generated image folders (random or
+test-saved weights, 1 epoch, small inputs), and MobileNetV2 with the real weights on a small subset of
+cats vs dogs when ../shared is beside the project."""
+
+import csv
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import SHARED, run_script
+
+SHARED_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.weights.h5")
+SHARED_CATS_DOGS = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
+PLOTS = {"learning_curves.png", "confusion_matrix.png", "sample_predictions.png"}
+
+
+def only_record(results, experiment):
+    paths = glob.glob(os.path.join(results, experiment, "*", "record.json"))
+    assert len(paths) == 1, paths
+    with open(paths[0]) as f:
+        return json.load(f), os.path.dirname(paths[0])
+
+
+def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path):
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder_3}", "--weights=None", "--image_size=32",
+                        "--epochs=1", "--fine_tune_epochs=1", "--scratch_epochs=1", "--head=16", "--batch_size=8",
+                        f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: skipped 4 files: train/class_a/corrupt.jpg (cannot be decoded)" in result.stdout
+    record, folder = only_record(results, "mobilenet")
+    assert record["status"] == "complete"
+    assert record["data"]["skipped_count"] == 4 and len(record["data"]["skipped_files"]) == 4
+    assert record["data"]["samples"] == {"train": 24, "validation": 6}
+    assert record["data"]["class_names"] == ["class_a", "class_b", "class_c"]
+    assert record["backbone"] == {"backbone": "MobileNetV2", "input_size": 32, "weights": "random",
+                                  "weights_sha256": None, "layers": 154}
+    # The folder recipe filled the constants left at None; the command line's --image_size won.
+    config = record["config"]
+    assert config["IMAGE_SIZE"] == 32 and config["FINE_TUNE_AT"] == 100 and config["FINE_TUNE_BATCHNORM"] is False
+    assert config["SCRATCH_EPOCHS"] == 1 and config["VALIDATION_SPLIT"] == 0.2
+
+    phases = record["phases"]
+    assert list(phases) == ["transfer", "fine_tune", "scratch"]
+    for name, phase in phases.items():
+        assert 0 <= phase["val_accuracy"] <= 1 and "test_accuracy" not in phase, name
+        assert phase["epochs"] == 1 and phase["train_samples"] == 24
+    # Transfer trains the head only: 1280*16+16 + 16*3+3 (a softmax over 3 classes).
+    assert phases["transfer"]["trainable_params"] == 20_547 and phases["transfer"]["feature_cache"] == "memory"
+    assert phases["transfer"]["trainable_params"] < phases["fine_tune"]["trainable_params"]
+    assert phases["fine_tune"]["trainable_params"] < phases["scratch"]["trainable_params"]
+    assert PLOTS <= set(os.listdir(folder))
+    with open(os.path.join(folder, "history_fine_tune.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]  # numbering goes on after the frozen phase
+
+
+def test_mobilenet_binary_with_augmentation_fits_the_frozen_stack(image_folder, tmp_path):
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder}", "--weights=None", "--image_size=32",
+                        "--epochs=1", "--fine_tune_epochs=0", "--run_scratch=False", "--head=16", "--augment=True",
+                        f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record, folder = only_record(results, "mobilenet")
+    assert list(record["phases"]) == ["transfer"]
+    transfer = record["phases"]["transfer"]
+    assert transfer["feature_cache"] == "off"  # augmented images differ every epoch: nothing to cache
+    assert transfer["trainable_params"] == 1280 * 16 + 16 + 16 + 1  # one sigmoid unit for two classes
+    assert record["data"]["validation"] == "validation/ folder" and record["data"]["samples"]["validation"] == 8
+    assert PLOTS <= set(os.listdir(folder))
+
+
+def test_mobilenet_mnist_mode_reports_test_accuracy(mnist_dir, tmp_path):
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", "--dataset=mnist", f"--data_dir={mnist_dir}", "--weights=None",
+                        "--epochs=1", "--fine_tune_epochs=1", "--run_scratch=False", "--head=16",
+                        f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record, folder = only_record(results, "mobilenet")
+    config = record["config"]
+    assert config["IMAGE_SIZE"] == 32 and config["FINE_TUNE_AT"] == 0 and config["FINE_TUNE_BATCHNORM"] is True
+    assert record["data"]["samples"] == {"train": 360, "validation": 40, "test": 100}
+    for phase in record["phases"].values():
+        assert 0 <= phase["test_accuracy"] <= 1 and 0 <= phase["val_accuracy"] <= 1
+    assert PLOTS <= set(os.listdir(folder))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset=cifar"], "--dataset=cifar: expected one of folder, mnist"),
+    (["--weights=missing.h5"], "weights file 'missing.h5' not found"),
+    (["--fine_tune_at=block_99"], "has no layer 'block_99'"),
+    (["--validation_split=1.5"], "--validation_split=1.5: must be in (0, 1)"),
+    (["--head=0"], "--head=[0]: expected positive layer widths"),
+])
+def test_mobilenet_bad_input_is_one_line_and_records_nothing(image_folder, tmp_path, args, message):
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder}", "--weights=None", "--image_size=32",
+                        f"--results_dir={results}", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert message in result.stderr
+    assert not results.exists()
+
+
+def test_mobilenet_without_an_image_folder_says_where_to_put_one(tmp_path):
+    result = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path}", "--weights=None",
+                        f"--results_dir={tmp_path / 'results'}")
+    assert result.returncode == 2
+    assert f"error: no image folder in {tmp_path}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_inception_with_random_weights_says_so_and_runs_the_published_recipe(image_folder_3, tmp_path):
+    results = tmp_path / "results"
+    result = run_script("inception_transfer.py", f"--data_dir={image_folder_3}", "--weights=None", "--image_size=75",
+                        "--epochs=1", "--fine_tune_epochs=1", "--head_width=8", "--batch_size=8",
+                        f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: --weights=None: the backbone is random" in result.stdout
+    record, folder = only_record(results, "inception")
+    assert record["backbone"]["weights"] == "random" and record["backbone"]["cut_layer"] == "mixed7"
+    assert record["backbone"]["input_size"] == 75
+    assert list(record["phases"]) == ["transfer", "fine_tune"]
+    transfer = record["phases"]["transfer"]
+    assert transfer["feature_cache"] == "off" and transfer["stopped_early"] is False  # augmentation is on
+    assert record["config"]["OPTIMIZER"] == "rmsprop" and record["config"]["AUGMENT"] is True
+    assert PLOTS <= set(os.listdir(folder))
+
+
+def test_inception_with_a_weights_file_and_the_stop_callback(image_folder, tmp_path):
+    import keras
+
+    path = tmp_path / "inception_notop.weights.h5"
+    keras.applications.InceptionV3(input_shape=(75, 75, 3), include_top=False, weights=None).save_weights(path)
+    results = tmp_path / "results"
+    result = run_script("inception_transfer.py", f"--data_dir={image_folder}", f"--weights={path}",
+                        "--image_size=75", "--epochs=3", "--augment=False", "--head_width=8",
+                        "--stop_at_val_accuracy=0.01", f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_accuracy" in result.stdout and "reached 0.01: stopping after epoch 1" in result.stdout
+    record, _ = only_record(results, "inception")
+    assert record["backbone"]["weights"] == str(path)
+    import hashlib
+
+    assert record["backbone"]["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    transfer = record["phases"]["transfer"]
+    assert transfer["epochs"] == 1 and transfer["stopped_early"] is True and transfer["feature_cache"] == "memory"
+
+
+@pytest.mark.skipif(not (os.path.isfile(SHARED_WEIGHTS) and os.path.isdir(SHARED_CATS_DOGS)),
+                    reason="needs ../shared (real MobileNetV2 weights and cats vs dogs)")
+def test_mobilenet_real_weights_on_a_cats_and_dogs_subset_beat_90_percent(tmp_path):
+    subset = tmp_path / "cats_dogs_subset"
+    for split, count in (("train", 100), ("validation", 50)):
+        for animal in ("cats", "dogs"):
+            folder = subset / split / animal
+            folder.mkdir(parents=True)
+            source = os.path.join(SHARED_CATS_DOGS, split, animal)
+            for name in sorted(os.listdir(source))[:count]:
+                os.symlink(os.path.join(source, name), folder / name)
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={subset}", f"--weights={SHARED_WEIGHTS}",
+                        "--image_size=96", "--epochs=5", "--fine_tune_epochs=0", "--run_scratch=False",
+                        f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record, _ = only_record(results, "mobilenet")
+    assert record["backbone"]["weights_sha256"] == "6714965a05ee6d8568343664bb9cda7456c6eb1fa190a6f5eb39bf087068b100"
+    assert record["phases"]["transfer"]["val_accuracy"] > 0.90

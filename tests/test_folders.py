@@ -1,0 +1,74 @@
+"""Image folders: decoded once at the input size, bad files skipped and reported, clear errors for bad layouts."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_image_folder
+
+from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
+from transferlab import folders
+from transferlab.config import UserError
+
+
+def test_load_decodes_every_readable_image_and_reports_the_rest(image_folder):
+    (x_train, y_train), (x_val, y_val), info = folders.load(str(image_folder), 16, 0.2, seed=0)
+    assert x_train.shape == (16, 16, 16, 3) and x_train.dtype == np.uint8  # grey, RGBA, palette became RGB
+    assert x_val.shape == (8, 16, 16, 3)
+    assert np.bincount(y_train).tolist() == [8, 8] and np.bincount(y_val).tolist() == [4, 4]
+    assert info["class_names"] == ["class_a", "class_b"]
+    assert info["validation"] == "validation/ folder"
+    assert info["skipped_count"] == 4
+    skipped = {entry["path"]: entry["reason"] for entry in info["skipped_files"]}
+    assert skipped == {
+        os.path.join("train", "class_a", "corrupt.jpg"): "cannot be decoded",
+        os.path.join("train", "class_a", "truncated.png"): "cannot be decoded",
+        os.path.join("train", "class_b", "empty.jpg"): "cannot be decoded",
+        os.path.join("train", "class_b", "notes.txt"): "not an image file",
+    }
+    # The class colour survives decoding and resizing: red class_a, green class_b (grey ones are grey).
+    red, green, _ = x_train[:, 6:10, 6:10].mean(axis=(1, 2)).T
+    assert np.all(red[y_train == 0] >= green[y_train == 0]) and np.all(green[y_train == 1] >= red[y_train == 1])
+    assert np.sum(red[y_train == 0] > green[y_train == 0] + 100) == 6  # all but the 2 grey ones
+
+
+def test_without_a_validation_folder_a_seeded_split_validates(image_folder_3):
+    train, validation, info = folders.load(str(image_folder_3), 16, 0.2, seed=3)
+    assert len(train[0]) == 24 and len(validation[0]) == 6 and info["samples"] == {"train": 24, "validation": 6}
+    assert info["validation"] == "0.2 of train/, seed 3"
+    again = folders.load(str(image_folder_3), 16, 0.2, seed=3)
+    other = folders.load(str(image_folder_3), 16, 0.2, seed=4)
+    assert np.array_equal(again[1][0], validation[0]) and not np.array_equal(other[1][0], validation[0])
+    assert info["sha256"] == again[2]["sha256"]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda root: shutil.rmtree(root / "train"), "has no train/ folder"),
+    (lambda root: shutil.rmtree(root / "train" / "class_b"), "has 1 class folder(s) ['class_a']; need at least 2"),
+    (lambda root: shutil.rmtree(root / "validation" / "class_b"), "has 1 class folder(s)"),
+    (lambda root: [p.unlink() for p in (root / "train" / "class_b").iterdir()], "class_b holds no readable images"),
+    (lambda root: (root / "validation" / "class_c").mkdir(), "has classes ['class_a', 'class_b', 'class_c']"),
+])
+def test_bad_layouts_are_one_line_errors_naming_the_folder(image_folder, breakage, message):
+    breakage(image_folder)
+    with pytest.raises(UserError, match=None) as error:
+        folders.load(str(image_folder), 16, 0.2, seed=0)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_find_prefers_the_given_folder_then_a_named_one_inside(tmp_path):
+    make_image_folder(tmp_path / "datasets" / "cats_and_dogs_filtered", bad_files=False)
+    assert folders.find(str(tmp_path / "datasets")) == str(tmp_path / "datasets" / "cats_and_dogs_filtered")
+    assert folders.find(str(tmp_path / "datasets" / "cats_and_dogs_filtered")).endswith("cats_and_dogs_filtered")
+
+
+def test_find_without_data_and_without_download_says_where_to_put_it(tmp_path, monkeypatch):
+    def no_internet(*args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(folders.keras.utils, "get_file", no_internet)
+    with pytest.raises(UserError) as error:
+        folders.find(str(tmp_path))
+    assert f"no image folder in {tmp_path}" in str(error.value)
+    assert "download of cats_and_dogs_filtered failed (OSError)" in str(error.value)

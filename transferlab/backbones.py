@@ -1,0 +1,148 @@
+"""Pretrained backbones from keras.applications: their weights (ImageNet, a file, or random), the input
+pipeline that applies their own preprocessing exactly once, and freezing and unfreezing them safely.
+
+BatchNormalization: in this Keras version, calling a backbone with `training=False` does not keep its
+BatchNormalization layers in inference mode once the backbone is unfrozen (../shared/FINDINGS.md measured
+their moving statistics moving). What does hold is that a BatchNormalization layer whose own `trainable`
+is False runs in inference mode, so `unfreeze` sets it explicitly.
+"""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from transferlab import data
+from transferlab.config import UserError, check
+
+APPLICATIONS = {
+    "MobileNetV2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 32),
+    "InceptionV3": (keras.applications.InceptionV3, keras.applications.inception_v3.preprocess_input, 75),
+}
+
+
+def preprocess_function(name):
+    """The backbone's own `preprocess_input` (for both backbones here: pixels 0..255 to -1..1)."""
+    return APPLICATIONS[name][1]
+
+
+def imagenet_file(name, image_size, alpha=1.0):
+    """The no-top ImageNet weights file Keras downloads into ~/.keras/models for this backbone and size."""
+    if name == "MobileNetV2":
+        rows = image_size if image_size in (96, 128, 160, 192, 224) else 224
+        return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+    return "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def keras_models_dir():
+    return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
+
+
+def load(name, image_size, weights, **options):
+    """The backbone without its classifier at image_size x image_size RGB, and where its weights came from.
+
+    `weights` is "imagenet" (Keras's download, cached in ~/.keras/models), a path to a weights file, or
+    None (random initialisation). Returns (model, info) with info = {backbone, input_size, weights,
+    weights_sha256} for the record.
+    """
+    application, _, smallest = APPLICATIONS[name]
+    check(image_size >= smallest, f"--image_size={image_size}: {name} needs at least {smallest} pixels")
+    if weights not in (None, "imagenet"):
+        check(os.path.isfile(weights), f"weights file {weights!r} not found (--weights=PATH, imagenet or None)")
+    try:
+        model = application(input_shape=(image_size, image_size, 3), include_top=False, weights=weights, **options)
+    except Exception as error:
+        if weights == "imagenet":
+            raise UserError(
+                f"cannot get the ImageNet weights of {name} ({type(error).__name__}); put Keras's file "
+                f"{imagenet_file(name, image_size, **options)} in {keras_models_dir()} or pass --weights=PATH"
+            ) from None
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"weights file {weights!r} does not fit {name} without its top ({reason})") from None
+    if weights == "imagenet":
+        path = os.path.join(keras_models_dir(), imagenet_file(name, image_size, **options))
+        source, digest = "imagenet", data.sha256(path) if os.path.isfile(path) else None
+    elif weights is None:
+        source, digest = "random", None
+    else:
+        source, digest = os.path.abspath(weights), data.sha256(weights)
+    info = {"backbone": name, "input_size": image_size, "weights": source, "weights_sha256": digest,
+            "layers": len(model.layers), **options}
+    return model, info
+
+
+def cut(backbone, layer_name):
+    """The backbone up to and including the layer `layer_name` (the course recipe stops InceptionV3 at mixed7)."""
+    names = [layer.name for layer in backbone.layers]
+    check(layer_name in names, f"{backbone.name} has no layer {layer_name!r} (--cut_layer=; e.g. "
+                               f"{', '.join(n for n in names if n.startswith('mixed'))})")
+    return keras.Model(backbone.input, backbone.get_layer(layer_name).output, name=f"{backbone.name}_{layer_name}")
+
+
+def feature_extractor(backbone, pooling, frozen=True):
+    """Images (already preprocessed) -> backbone -> `pooling` (a layer without weights: GlobalAveragePooling2D
+    or Flatten), as one model: what the feature cache runs once and what the new head sits on.
+
+    A pretrained backbone is frozen and called with training=False, as the Keras guide does; a backbone
+    trained from scratch is called plainly, so its BatchNormalization learns batch statistics.
+    """
+    backbone.trainable = not frozen
+    inputs = keras.Input(backbone.input_shape[1:])
+    outputs = pooling(backbone(inputs, training=False) if frozen else backbone(inputs))
+    return keras.Model(inputs, outputs, name="features")
+
+
+def batchnorm_layers(model):
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def set_batchnorm_momentum(model, momentum):
+    """A lower momentum lets moving statistics catch up with weights that train for only a few epochs."""
+    for layer in batchnorm_layers(model):
+        layer.momentum = momentum
+
+
+def layer_index(backbone, layer):
+    """A layer given by index or by name, as an index into backbone.layers."""
+    names = [x.name for x in backbone.layers]
+    if isinstance(layer, str):
+        check(layer in names, f"{backbone.name} has no layer {layer!r} (--fine_tune_at= takes an index or a name)")
+        return names.index(layer)
+    check(0 <= layer < len(names), f"--fine_tune_at={layer}: {backbone.name} has layers 0..{len(names) - 1}")
+    return layer
+
+
+def unfreeze(backbone, start, batchnorm_momentum=None):
+    """Make the backbone's layers from `start` (index or name) on trainable, the earlier ones frozen.
+
+    BatchNormalization stays frozen, in inference mode with ImageNet's statistics (what small datasets
+    need), unless `batchnorm_momentum` is given: then the unfrozen BatchNormalization layers train and
+    their statistics adapt at that momentum (what a large dataset far from ImageNet, like MNIST, needs).
+    Recompile the model afterwards. Returns the number of trainable layers.
+    """
+    index = layer_index(backbone, start)
+    backbone.trainable = True
+    for layer in backbone.layers[:index]:
+        layer.trainable = False
+    for layer in batchnorm_layers(backbone):
+        if batchnorm_momentum is None:
+            layer.trainable = False
+        else:
+            layer.momentum = batchnorm_momentum
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def pipeline(x, y, training, *, preprocess, batch_size, seed, augmentation=None):
+    """A tf.data pipeline over uint8 images in memory: for training, shuffle (with the seed, anew each
+    epoch) and augment; then batch, and apply the backbone's `preprocess` exactly once, overlapped with
+    the model's work by prefetch."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if training and augmentation is not None:
+        dataset = dataset.map(lambda images, labels: (augmentation(tf.cast(images, tf.float32), training=True), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
