@@ -99,3 +99,13 @@ def test_main_filters_plots_and_reports_skips(results, capsys, tmp_path):
     assert plot.stat().st_size > 5_000
     assert compare.main([str(tmp_path / "nothing")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_with_fine_tuning_transfer_means_the_final_model_and_both_phases_time(tmp_path):
+    path = write_record(tmp_path, "b1", experiment="mobilenet", transfer_acc=0.70, scratch_acc=0.98,
+                        transfer_s=100.0, scratch_s=900.0)
+    record = json.loads(path.read_text())
+    record["phases"]["fine_tune"] = {"train_seconds": 200.0, "test_accuracy": 0.985}
+    metrics = compare.run_metrics(record)
+    assert metrics["transfer_minus_scratch_points"] == pytest.approx(0.5)
+    assert metrics["scratch_over_transfer_seconds"] == pytest.approx(3.0)

@@ -99,10 +99,14 @@ def run_metrics(record):
                            ("val_accuracy", phase.get("val_accuracy"))):
             if isinstance(value, (int, float)):
                 out[f"{name}.{key}"] = float(value)
-    if {"transfer.accuracy", "scratch.accuracy"} <= set(out):
-        out["transfer_minus_scratch_points"] = 100 * (out["transfer.accuracy"] - out["scratch.accuracy"])
-    if out.get("transfer.train_seconds") and "scratch.train_seconds" in out:
-        out["scratch_over_transfer_seconds"] = out["scratch.train_seconds"] / out["transfer.train_seconds"]
+    # What transfer bought: its final model (after fine-tuning, when there was any) against scratch, and
+    # everything it trained (frozen phase plus fine-tuning) against scratch's training time.
+    final = "fine_tune" if "fine_tune.accuracy" in out else "transfer"
+    if {f"{final}.accuracy", "scratch.accuracy"} <= set(out):
+        out["transfer_minus_scratch_points"] = 100 * (out[f"{final}.accuracy"] - out["scratch.accuracy"])
+    transfer_seconds = out.get("transfer.train_seconds", 0.0) + out.get("fine_tune.train_seconds", 0.0)
+    if transfer_seconds and "scratch.train_seconds" in out:
+        out["scratch_over_transfer_seconds"] = out["scratch.train_seconds"] / transfer_seconds
     if out.get("base.train_seconds") and "transfer.train_seconds" in out:
         out["transfer_over_base_seconds"] = out["transfer.train_seconds"] / out["base.train_seconds"]
     return out

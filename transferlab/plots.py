@@ -24,12 +24,13 @@ def learning_curves(histories, path, title="", starts=None):
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             (line,) = ax.plot(epochs, history[metric], marker="o", label=f"{phase}")
             if f"val_{metric}" in history:
-                ax.plot(epochs, history[f"val_{metric}"], linestyle="--", color=line.get_color(),
+                ax.plot(epochs, history[f"val_{metric}"], linestyle="--", marker="x", color=line.get_color(),
                         label=f"{phase} (validation)")
             if first:
                 ax.axvline(first + 0.5, color="gray", linestyle=":", label=f"{phase} starts")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
