@@ -124,11 +124,11 @@ def unfreeze(backbone, start, batchnorm_momentum=None):
     backbone.trainable = True
     for layer in backbone.layers[:index]:
         layer.trainable = False
-    for layer in batchnorm_layers(backbone):
-        if batchnorm_momentum is None:
+    if batchnorm_momentum is None:
+        for layer in batchnorm_layers(backbone):
             layer.trainable = False
-        else:
-            layer.momentum = batchnorm_momentum
+    else:
+        set_batchnorm_momentum(backbone, batchnorm_momentum)
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
