@@ -35,6 +35,7 @@ FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only th
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with cifar10.npz or cifar10/train/<class>/; None: $TRANSFER_DATA_DIR
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/cifar10/<run_id>/
+RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
 CONFIG = config.configure(globals(), sys.argv[1:])
 
@@ -43,6 +44,7 @@ config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD
                       LEARNING_RATE=LEARNING_RATE)
 config.check(0 < VALIDATION_FRACTION < 1, f"--validation_fraction must be in (0, 1), got {VALIDATION_FRACTION}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
+resumed = records.find_resumable(RESULTS_DIR, "cifar10", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
@@ -100,50 +102,52 @@ def evaluate(model, task):
 
 
 IMAGE = (32, 32, 3)
-histories = {}
-with records.Run(RESULTS_DIR, "cifar10", CONFIG, runtime.environment(), source) as run:
+with records.Run(RESULTS_DIR, "cifar10", CONFIG, runtime.environment(), source, resumed=resumed) as run:
     print(f"run {run.run_id}: {run.dir}")
 
-    # 4. Phase "base": feature layers and head learn task A from random init.
+    # 4. Phase "base": feature layers and head learn task A from random init. Each phase saves its
+    #    weights when done, so a resumed run restores a finished phase instead of training it again.
     print(f"\n== base: {len(xa_train)} images of {[CLASS_NAMES[c] for c in TASK_A_CLASSES]}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *head(len(TASK_A_CLASSES))], name="base")
-    histories["base"], timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS,
-                                          batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
-                                          validation_data=tasks["a_validation"])
-    validation, test = evaluate(base, "a")
-    run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
-                                         validation=validation, batch_size=BATCH_SIZE))
+    if not run.restore("base", base):
+        timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                           learning_rate=LEARNING_RATE, validation_data=tasks["a_validation"])
+        validation, test = evaluate(base, "a")
+        run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
+                                             validation=validation, batch_size=BATCH_SIZE), model=base)
 
     # 5. Phase "transfer": freeze the feature layers, train a new head on task B.
     print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, frozen features")
     features.trainable = False
     new_head = models.stack(features.output_shape[1:], head(len(TASK_B_CLASSES)), name="head_b")
-    histories["transfer"], timer, cache = phases.fit_head(
-        run, "transfer", features, new_head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
-        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        validation_data=tasks["b_validation"], augmentation=augmentation(),
-    )
-    # Validation and test on raw images through features + head: the numbers belong to the whole model.
     transfer = models.compile_classifier(models.stack(IMAGE, [features, new_head], name="transfer"), LEARNING_RATE)
-    validation, test = evaluate(transfer, "b")
-    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
-                                             validation=validation, **cache))
+    if not run.restore("transfer", transfer):
+        timer, cache = phases.fit_head(
+            run, "transfer", features, new_head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+            validation_data=tasks["b_validation"], augmentation=augmentation(),
+        )
+        # Validation and test on raw images through features + head: the numbers belong to the whole model.
+        validation, test = evaluate(transfer, "b")
+        run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
+                                                 validation=validation, **cache), model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {len(xb_train)} images of task B, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head(len(TASK_B_CLASSES))],
                                name="scratch")
-        histories["scratch"], timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS,
-                                                 batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
-                                                 validation_data=tasks["b_validation"])
-        validation, test = evaluate(scratch, "b")
-        run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
-                                                validation=validation, batch_size=BATCH_SIZE))
+        if not run.restore("scratch", scratch):
+            timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                               learning_rate=LEARNING_RATE, validation_data=tasks["b_validation"])
+            validation, test = evaluate(scratch, "b")
+            run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
+                                                    validation=validation, batch_size=BATCH_SIZE), model=scratch)
 
-    # 7. Learning curves next to the record.
-    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"CIFAR-10 transfer, run {run.run_id}")
+    # 7. Learning curves of every phase (from their CSV histories in the run folder), next to the record.
+    plots.learning_curves(run.histories(), run.file("learning_curves.png"),
+                          title=f"CIFAR-10 transfer, run {run.run_id}")
 
 # 8. Summary: what each phase cost and scored.
 records.print_summary(run.record, run.path)

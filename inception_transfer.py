@@ -44,6 +44,7 @@ BATCHNORM_MOMENTUM = 0.9  # for the BatchNormalization of the scratch network; K
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
 DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/inception/<run_id>/
+RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
 CONFIG = config.configure(globals(), sys.argv[1:])
 
@@ -55,6 +56,7 @@ config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs 
 config.check(0 <= DROPOUT < 1, f"--dropout={DROPOUT}: must be in [0, 1)")
 config.check(0 < STOP_AT_VAL_ACCURACY <= 1, f"--stop_at_val_accuracy={STOP_AT_VAL_ACCURACY}: must be in (0, 1]")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
+resumed = records.find_resumable(RESULTS_DIR, "inception", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
 backbone = backbones.cut(backbone, CUT_LAYER)
@@ -115,7 +117,7 @@ def new_head(features):
 
 
 def phase_record(model, epochs_run, timer, stop, **more):
-    validation = model.evaluate(feed(x_val, y_val, False), verbose=0)
+    validation = model.evaluate(feed(x_val, y_val), verbose=0)
     return phases.summary(CLASS_NAMES, x_train, epochs_run, timer, None, model, validation=validation,
                           stopped_early=stop.stopped_at is not None, **more)
 
@@ -124,24 +126,26 @@ IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 if WEIGHTS is None:
     print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
           "means nothing (the record says weights: random)")
-histories, starts = {}, {}
-with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source, backbone=backbone_info) as run:
+with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source, resumed=resumed,
+                 backbone=backbone_info) as run:
     print(f"run {run.run_id}: {run.dir}")
 
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, with augmentation
-    #    the published way (the backbone runs every epoch), without it on cached features.
+    #    the published way (the backbone runs every epoch), without it on cached features. Each phase saves
+    #    its weights when done, so a resumed run restores a finished phase instead of training it again.
     print(f"\n== transfer: {len(x_train)} images, InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen, "
           f"up to {EPOCHS} epochs")
     features = backbones.feature_extractor(backbone, keras.layers.Flatten())
     head, stop = new_head(features), StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-    histories["transfer"], timer, cache = phases.fit_head(
-        run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT, epochs=EPOCHS,
-        batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER,
-        validation_data=(x_val, y_val), feed=feed, more_callbacks=[stop],
-    )
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    epochs_run = len(histories["transfer"]["loss"])
-    run.add_phase("transfer", phase_record(model, epochs_run, timer, stop, **cache))
+    if not run.restore("transfer", model):
+        timer, cache = phases.fit_head(
+            run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+            optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed, more_callbacks=[stop],
+        )
+        run.add_phase("transfer", phase_record(model, len(timer.history["loss"]), timer, stop, **cache), model=model)
+    epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
     #    BatchNormalization stays frozen: 2,000 photos cannot re-estimate ImageNet's statistics.
@@ -149,17 +153,16 @@ with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT)
         print(f"\n== fine_tune: layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, "
               f"{FINE_TUNE_EPOCHS} epochs")
-        starts["fine_tune"], stop = epochs_run, StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        histories["fine_tune"], timer = phases.fit(
-            run, "fine_tune", model, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
-            epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE,
-            optimizer=OPTIMIZER, more_callbacks=[stop],
-        )
-        run.add_phase("fine_tune", phase_record(model, len(histories["fine_tune"]["loss"]), timer, stop,
-                                                batch_size=BATCH_SIZE))
+        stop = StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
+        if not run.restore("fine_tune", model):
+            timer = phases.fit(run, "fine_tune", model, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
+                               batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run,
+                               learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER, more_callbacks=[stop])
+            run.add_phase("fine_tune", phase_record(model, len(timer.history["loss"]), timer, stop,
+                                                    batch_size=BATCH_SIZE), model=model)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees.
-    y_pred = models.predict_classes(model, feed(x_val, y_val, False))
+    y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"InceptionV3 ({backbone_info['weights']}), validation, run {run.run_id}", seed=SEED)
 
@@ -171,16 +174,16 @@ with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source
         scratch_features = backbones.feature_extractor(random_backbone, keras.layers.Flatten(), frozen=False)
         scratch, stop = models.stack(IMAGE, [scratch_features, new_head(scratch_features)], name="scratch"), \
             StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        histories["scratch"], timer = phases.fit(
-            run, "scratch", scratch, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
-            epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER, more_callbacks=[stop],
-        )
-        run.add_phase("scratch", phase_record(scratch, len(histories["scratch"]["loss"]), timer, stop,
-                                              batch_size=BATCH_SIZE))
+        if not run.restore("scratch", scratch):
+            timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
+                               batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
+                               optimizer=OPTIMIZER, more_callbacks=[stop])
+            run.add_phase("scratch", phase_record(scratch, len(timer.history["loss"]), timer, stop,
+                                                  batch_size=BATCH_SIZE), model=scratch)
 
     # 9. Learning curves of every phase, fine-tuning placed after the frozen phase.
-    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"InceptionV3 transfer, run {run.run_id}",
-                          starts=starts)
+    plots.learning_curves(run.histories(), run.file("learning_curves.png"),
+                          title=f"InceptionV3 transfer, run {run.run_id}")
 
 # 10. Summary: what each phase cost and scored.
 records.print_summary(run.record, run.path)

@@ -32,6 +32,7 @@ FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only th
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with mnist.npz or mnist/train/<digit>/; None: $TRANSFER_DATA_DIR
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mnist/<run_id>/
+RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
 CONFIG = config.configure(globals(), sys.argv[1:])
 
@@ -39,6 +40,7 @@ CONFIG = config.configure(globals(), sys.argv[1:])
 config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
                       LEARNING_RATE=LEARNING_RATE)
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
+resumed = records.find_resumable(RESULTS_DIR, "mnist", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 
 # 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download;
@@ -98,48 +100,52 @@ def augmentation():
 
 
 IMAGE = (28, 28, 1)
-histories = {}
-with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source) as run:
+with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source, resumed=resumed) as run:
     print(f"run {run.run_id}: {run.dir}")
 
-    # 4. Phase "base": feature layers and head A learn task A from random init.
+    # 4. Phase "base": feature layers and head A learn task A from random init. Each phase saves its
+    #    weights when done, so a resumed run restores a finished phase instead of training it again.
     print(f"\n== base: {len(xa_train)} images of digits {TASK_A_CLASSES}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *head_a()], name="base")
-    histories["base"], timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS,
-                                          batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE)
-    test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)
-    run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
-                                         batch_size=BATCH_SIZE))
+    if not run.restore("base", base):
+        timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                           learning_rate=LEARNING_RATE)
+        test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)
+        run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
+                                             batch_size=BATCH_SIZE), model=base)
 
     # 5. Phase "transfer": freeze the feature layers, train a new head B on task B.
     print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, frozen features, {EPOCHS} epochs")
     features.trainable = False
     head = models.stack(features.output_shape[1:], head_b(), name="head_b")
-    # With the cache the frozen layers run once, in inference mode, and only the head trains on their
-    # output; augmented images differ every epoch, so then there is nothing to cache.
-    histories["transfer"], timer, cache = phases.fit_head(
-        run, "transfer", features, head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
-        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        augmentation=augmentation(),
-    )
-    # Test on raw images through features + head: the number belongs to the whole model, not the cache.
     transfer = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
-    run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer, **cache))
+    if not run.restore("transfer", transfer):
+        # With the cache the frozen layers run once, in inference mode, and only the head trains on their
+        # output; augmented images differ every epoch, so then there is nothing to cache.
+        timer, cache = phases.fit_head(
+            run, "transfer", features, head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+            augmentation=augmentation(),
+        )
+        # Test on raw images through features + head: the number belongs to the whole model, not the cache.
+        test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
+        run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer, **cache),
+                      model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {len(xb_train)} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head_b()], name="scratch")
-        histories["scratch"], timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS,
-                                                 batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE)
-        test = scratch.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
-        run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
-                                                batch_size=BATCH_SIZE))
+        if not run.restore("scratch", scratch):
+            timer = phases.fit(run, "scratch", scratch, xb_train, yb_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
+                               learning_rate=LEARNING_RATE)
+            test = scratch.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
+            run.add_phase("scratch", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, scratch,
+                                                    batch_size=BATCH_SIZE), model=scratch)
 
-    # 7. Learning curves next to the record.
-    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"MNIST transfer, run {run.run_id}")
+    # 7. Learning curves of every phase (from their CSV histories in the run folder), next to the record.
+    plots.learning_curves(run.histories(), run.file("learning_curves.png"), title=f"MNIST transfer, run {run.run_id}")
 
 # 8. Summary: what each phase cost and scored.
 records.print_summary(run.record, run.path)

@@ -48,6 +48,7 @@ SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
 DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mobilenet/<run_id>/
+RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
 RECIPES = {
     # The tutorial's cats vs dogs: 2,000 photos much like ImageNet's, so ImageNet's BatchNormalization
@@ -77,6 +78,7 @@ config.check(0 < VALIDATION_SPLIT < 1, f"--validation_split={VALIDATION_SPLIT}: 
 config.check(BATCHNORM_MOMENTUM < 1, f"--batchnorm_momentum={BATCHNORM_MOMENTUM}: must be in (0, 1)")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
+resumed = records.find_resumable(RESULTS_DIR, "mobilenet", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
 backbones.layer_index(backbone, FINE_TUNE_AT)
@@ -118,8 +120,8 @@ feed = functools.partial(backbones.pipeline, preprocess=backbones.preprocess_fun
 
 def evaluate(model):
     """(validation, test) as (loss, accuracy); test is None for an image folder."""
-    validation = model.evaluate(feed(x_val, y_val, False), verbose=0)
-    return validation, test and model.evaluate(feed(*test, False), verbose=0)
+    validation = model.evaluate(feed(x_val, y_val), verbose=0)
+    return validation, test and model.evaluate(feed(*test), verbose=0)
 
 
 # 4. The network: backbone -> global average pooling (the features) -> the published dense head.
@@ -129,23 +131,25 @@ def new_head():
 
 
 IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-histories, starts = {}, {}
-with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source, backbone=backbone_info) as run:
+with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source, resumed=resumed,
+                 backbone=backbone_info) as run:
     print(f"run {run.run_id}: {run.dir}")
 
-    # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns.
+    # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns. Each phase
+    #    saves its weights when done, so a resumed run restores a finished phase instead of training it.
     print(f"\n== transfer: {len(x_train)} images, MobileNetV2 ({backbone_info['weights']}) frozen, {EPOCHS} epochs")
     features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
     head = new_head()
-    histories["transfer"], timer, cache = phases.fit_head(
-        run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT, epochs=EPOCHS,
-        batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER,
-        validation_data=(x_val, y_val), feed=feed,
-    )
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    validation, test_result = evaluate(model)
-    run.add_phase("transfer", phases.summary(CLASS_NAMES, x_train, EPOCHS, timer, test_result, model,
-                                             validation=validation, **cache))
+    if not run.restore("transfer", model):
+        timer, cache = phases.fit_head(
+            run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+            optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed,
+        )
+        validation, test_result = evaluate(model)
+        run.add_phase("transfer", phases.summary(CLASS_NAMES, x_train, EPOCHS, timer, test_result, model,
+                                                 validation=validation, **cache), model=model)
 
     # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate. Keras fixes
     #    the trainable weights when compiling, so phases.fit compiles again; epochs go on numbering.
@@ -153,17 +157,16 @@ with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
         print(f"\n== fine_tune: layers {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, BatchNormalization "
               f"{'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}, {FINE_TUNE_EPOCHS} epochs")
-        starts["fine_tune"] = EPOCHS
-        histories["fine_tune"], timer = phases.fit(
-            run, "fine_tune", model, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
-            epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER,
-        )
-        validation, test_result = evaluate(model)
-        run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result, model,
-                                                  validation=validation, batch_size=BATCH_SIZE))
+        if not run.restore("fine_tune", model):
+            timer = phases.fit(run, "fine_tune", model, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
+                               batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS,
+                               learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER)
+            validation, test_result = evaluate(model)
+            run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
+                                                      model, validation=validation, batch_size=BATCH_SIZE), model=model)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees.
-    y_pred = models.predict_classes(model, feed(x_val, y_val, False))
+    y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"MobileNetV2 {DATASET}, validation, run {run.run_id}", seed=SEED)
 
@@ -175,17 +178,18 @@ with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source
         scratch_features = backbones.feature_extractor(random_backbone, keras.layers.GlobalAveragePooling2D(),
                                                        frozen=False)
         scratch = models.stack(IMAGE, [scratch_features, new_head()], name="scratch")
-        histories["scratch"], timer = phases.fit(
-            run, "scratch", scratch, feed(x_train, y_train, True), validation_data=feed(x_val, y_val, False),
-            epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, optimizer=OPTIMIZER,
-        )
-        validation, test_result = evaluate(scratch)
-        run.add_phase("scratch", phases.summary(CLASS_NAMES, x_train, SCRATCH_EPOCHS, timer, test_result, scratch,
-                                                validation=validation, batch_size=BATCH_SIZE))
+        if not run.restore("scratch", scratch):
+            timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
+                               batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
+                               optimizer=OPTIMIZER)
+            validation, test_result = evaluate(scratch)
+            run.add_phase("scratch", phases.summary(CLASS_NAMES, x_train, SCRATCH_EPOCHS, timer, test_result,
+                                                    scratch, validation=validation, batch_size=BATCH_SIZE),
+                          model=scratch)
 
     # 9. Learning curves of every phase, fine-tuning placed after the frozen phase.
-    plots.learning_curves(histories, run.file("learning_curves.png"), title=f"MobileNetV2 {DATASET}, run {run.run_id}",
-                          starts=starts)
+    plots.learning_curves(run.histories(), run.file("learning_curves.png"),
+                          title=f"MobileNetV2 {DATASET}, run {run.run_id}")
 
 # 10. Summary: what each phase cost and scored.
 records.print_summary(run.record, run.path)

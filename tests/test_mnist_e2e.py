@@ -67,8 +67,10 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
         assert [row["epoch"] for row in rows] == ["0", "1"]
         assert {"accuracy", "loss"} <= set(rows[0])
     assert os.path.getsize(os.path.join(folder, "learning_curves.png")) > 10_000
-    assert sorted(os.listdir(folder)) == ["history_base.csv", "history_scratch.csv", "history_transfer.csv",
-                                          "learning_curves.png", "record.json"]
+    # Each finished phase leaves its weights (for a resumed run); no checkpoints remain.
+    assert sorted(os.listdir(folder)) == ["base.weights.h5", "history_base.csv", "history_scratch.csv",
+                                          "history_transfer.csv", "learning_curves.png", "record.json",
+                                          "scratch.weights.h5", "transfer.weights.h5"]
     assert f"record: {os.path.join(folder, 'record.json')}" in result.stdout
     for name in ("base", "transfer", "scratch"):
         assert f"\n{name} " in result.stdout  # the summary table

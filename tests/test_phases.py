@@ -6,11 +6,16 @@ from transferlab import models, phases
 
 
 class FakeRun:
-    def __init__(self, folder):
-        self.folder = folder
+    """What phases.fit needs of a records.Run: the seed, files in the run folder, progress notes."""
+
+    def __init__(self, folder, seed=0):
+        self.folder, self.seed, self.notes = folder, seed, []
 
     def file(self, name):
         return str(self.folder / name)
+
+    def progress(self, phase, epoch):
+        self.notes.append((phase, epoch))
 
 
 def tiny_model():
@@ -22,9 +27,10 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     x = np.random.rand(64, 4).astype("float32")
     y = np.arange(64) % 3
     model = tiny_model()
-    history, timer = phases.fit(FakeRun(tmp_path), "demo", model, x, y, epochs=3, batch_size=16,
-                                learning_rate=0.01)
-    assert len(history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
+    run = FakeRun(tmp_path)
+    timer = phases.fit(run, "demo", model, x, y, epochs=3, batch_size=16, learning_rate=0.01)
+    assert len(timer.history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
+    assert timer.history["epoch"] == [0, 1, 2] and run.notes == [("demo", 1), ("demo", 2), ("demo", 3)]
     assert len(timer.epoch_seconds) == 3
     assert timer.fit_seconds >= sum(timer.epoch_seconds) > 0
     assert (tmp_path / "history_demo.csv").read_text().splitlines()[0].startswith("epoch,")

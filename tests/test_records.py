@@ -64,8 +64,8 @@ def test_run_record_has_the_schema_and_grows_per_phase(tmp_path):
         run.add_phase("base", {"test_accuracy": 0.9})
         assert read(run)["phases"] == {"base": {"test_accuracy": 0.9}}
     record = read(run)
-    assert set(record) == {"experiment", "run_id", "started_at", "finished_at", "status", "config",
-                           "environment", "data", "phases"}
+    assert set(record) == {"experiment", "run_id", "started_at", "finished_at", "status", "pid", "host",
+                           "config", "environment", "data", "phases"}
     assert record["status"] == "complete" and record["experiment"] == "demo"
     assert record["finished_at"] >= record["started_at"]
     assert run.dir == os.path.join(tmp_path, "demo", record["run_id"])

@@ -132,17 +132,21 @@ def unfreeze(backbone, start, batchnorm_momentum=None):
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
-def pipeline(x, y, training, *, preprocess, batch_size, seed, augmentation=None):
-    """A tf.data pipeline over uint8 images in memory: for training, shuffle (with the seed, anew each
-    epoch) and augment; then batch, and apply the backbone's `preprocess` exactly once, overlapped with
-    the model's work by prefetch."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if training:
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if training and augmentation is not None:
-        dataset = dataset.map(lambda images, labels: (augmentation(tf.cast(images, tf.float32), training=True), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentation=None):
+    """A tf.data pipeline over uint8 images in memory, batched, through the backbone's `preprocess`
+    exactly once, overlapped with the model's work by prefetch.
+
+    For evaluation (`first_epoch` None) the images keep their order. For training, from epoch
+    `first_epoch` on, every epoch comes in its own seeded order (data.epoch_batches: the same order
+    whether or not the run was resumed) and is augmented when an `augmentation` model is given.
+    """
+    if first_epoch is None:
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    else:
+        dataset = data.epoch_batches(x, y, batch_size, seed, first_epoch)
+        if augmentation is not None:
+            dataset = dataset.map(lambda images, labels: (augmentation(tf.cast(images, tf.float32), training=True),
+                                                          labels), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
                           num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -8,6 +8,7 @@ import time
 import zipfile
 
 import numpy as np
+import tensorflow as tf
 
 from transferlab.config import UserError, check
 
@@ -212,6 +213,29 @@ def train_validation_split(x, y, validation_fraction, seed):
     order = np.random.default_rng(seed).permutation(len(x))
     cut = len(x) - int(round(len(x) * validation_fraction))
     return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+
+
+def epoch_batches(x, y, batch_size, seed, first_epoch=0):
+    """A tf.data pipeline of shuffled (images, labels) batches for `fit`, one epoch per pass: the first
+    pass is epoch `first_epoch`, the next one the epoch after, each in its own order, a function of
+    (seed, epoch) alone.
+
+    Keras's own shuffling draws each epoch's order from a random stream that restarts with the process,
+    so a run resumed at epoch 5 would see epoch 1's order again; here epoch 5 is epoch 5's, resumed or
+    not. `fit` starts a new pass (a new iterator) for every epoch, and the epoch counter advances once
+    per pass, inside the pipeline, so it cannot race with the prefetching of the next epoch.
+    """
+    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    count = int(x.shape[0])
+    epoch = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False)
+
+    def order(_):
+        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch.assign_add(1)])
+        return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair)
+
+    indices = tf.data.Dataset.range(1).map(order).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o))
+    batches = indices.batch(batch_size).apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def split_task(x, y, classes):

@@ -1,13 +1,16 @@
 """Training phases: the callbacks every phase uses, the frozen-feature cache, and the phase's record."""
 
+import json
+import os
 import statistics
 import sys
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from transferlab import models
+from transferlab import data, models, records
 
 
 # Progress bars on a terminal; one line per epoch when output goes to a file or a CI log.
@@ -15,53 +18,130 @@ VERBOSE = 1 if sys.stdout.isatty() else 2
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each epoch and of the whole `fit`."""
+    """Wall-clock seconds of each epoch and of the whole `fit`, and the history of every epoch.
 
-    def __init__(self):
+    A phase resumed after an interruption starts from the times and history of the epochs it had
+    finished, so its record covers the whole phase.
+    """
+
+    def __init__(self, epoch_seconds=(), fit_seconds=0.0, history=None):
         super().__init__()
-        self.epoch_seconds = []
-        self.fit_seconds = 0.0
+        self.epoch_seconds = list(epoch_seconds)
+        self.fit_seconds = fit_seconds
+        self.history = {key: list(values) for key, values in (history or {}).items()}
 
     def on_train_begin(self, logs=None):
         self._fit_start = time.perf_counter()
+        self._seconds_before = self.fit_seconds
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self.fit_seconds = self._seconds_before + time.perf_counter() - self._fit_start
+        self.history.setdefault("epoch", []).append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
 
     def on_train_end(self, logs=None):
-        self.fit_seconds = time.perf_counter() - self._fit_start
+        self.fit_seconds = self._seconds_before + time.perf_counter() - self._fit_start
 
 
-def callbacks(run, phase):
-    """(timer, callbacks) for one phase's `fit`: timing, a CSV history in the run folder, stop on NaN."""
-    timer = EpochTimer()
-    return timer, [
-        timer,
-        keras.callbacks.CSVLogger(run.file(f"history_{phase}.csv")),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+def random_states(model):
+    """The model's random-number states (the seed generators of Dropout and random augmentation layers):
+    variables that are not weights, so `save_weights` leaves them out."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
-def fit(run, phase, model, x, y=None, *, epochs, batch_size=None, learning_rate, validation_data=None,
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch, everything an interrupted phase needs to go on exactly where it stopped: the
+    weights with the optimizer's state, the random-number states, the epoch times and history, in
+    `checkpoints/<phase>/` of the run folder; and the record notes the epoch.
+
+    Keras's BackupAndRestore does this too, but writes its files in place: a kill -9 while it writes
+    leaves half a file, or weights of one epoch with the epoch number of another. Here each epoch's files
+    are written under a temporary name and renamed, weights first, then the JSON that makes them count.
+    """
+
+    def __init__(self, run, phase, timer):
+        super().__init__()
+        self.run, self.phase, self.timer = run, phase, timer
+        self.folder = run.file(os.path.join("checkpoints", phase))
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.folder, exist_ok=True)
+        done = epoch + 1
+        records.save_weights(self.model, os.path.join(self.folder, f"epoch-{done:04d}.weights.h5"))
+        records.write_json(os.path.join(self.folder, f"epoch-{done:04d}.json"), {
+            "epochs_finished": done,
+            "random_states": [np.asarray(v.numpy()).tolist() for v in random_states(self.model)],
+            "epoch_seconds": self.timer.epoch_seconds,
+            "fit_seconds": self.timer.fit_seconds,
+            "history": self.timer.history,
+        })
+        for name in os.listdir(self.folder):  # only the newest checkpoint is needed
+            if name.startswith("epoch-") and not name.startswith(f"epoch-{done:04d}."):
+                os.unlink(os.path.join(self.folder, name))
+        self.run.progress(self.phase, done)
+
+
+def restore_checkpoint(run, phase, model):
+    """Load the newest checkpoint of `phase` into the compiled `model`; returns its JSON, or None."""
+    folder = run.file(os.path.join("checkpoints", phase))
+    found = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
+    if not found:
+        return None
+    with open(os.path.join(folder, found[-1]), encoding="utf-8") as f:
+        state = json.load(f)
+    model.optimizer.build(model.trainable_variables)  # so its saved moments have somewhere to go
+    model.load_weights(os.path.join(folder, found[-1].replace(".json", ".weights.h5")))
+    for variable, value in zip(random_states(model), state["random_states"], strict=True):
+        variable.assign(value)
+    print(f"   resuming phase {phase} after epoch {state['epochs_finished']}")
+    return state
+
+
+def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validation_data=None, feed=None,
         steps_per_execution=1, optimizer="adam", initial_epoch=0, more_callbacks=()):
     """`model.fit` for one phase: compile first (Keras fixes the trainable weights at compile time, so
-    this must follow any change to `trainable`), then fit with the phase's timer, CSV history and NaN
-    guard. `x` is an array (with labels `y` and `batch_size`) or a tf.data pipeline of batches; a phase
-    that continues another (fine-tuning) starts at `initial_epoch`, so its epochs go on numbering.
-    Returns (history dict, timer)."""
+    this must follow any change to `trainable`), then fit with the phase's timer, CSV history, NaN guard
+    and per-epoch checkpoint. A phase that continues another (fine-tuning) starts at `initial_epoch`, so
+    its epochs go on numbering; a phase interrupted before goes on from its last finished epoch.
+
+    Images (`x`, `y` arrays, and `validation_data`) go into the model in batches of `batch_size`, each
+    epoch in its own seeded order (data.epoch_batches), or through `feed(x, y, first_epoch)`, a tf.data
+    pipeline that does the same plus a backbone's preprocessing (backbones.pipeline).
+    Returns the phase's EpochTimer, with the history of every epoch.
+    """
     models.compile_classifier(model, learning_rate, steps_per_execution, optimizer)
-    timer, phase_callbacks = callbacks(run, phase)
-    history = model.fit(x, y, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, batch_size=batch_size,
-                        shuffle=y is not None,  # arrays: Keras shuffles; a pipeline shuffles itself
-                        validation_data=validation_data, callbacks=[*phase_callbacks, *more_callbacks],
-                        verbose=VERBOSE).history
-    if not np.all(np.isfinite(history["loss"])):  # TerminateOnNaN stopped it: the phase failed
+    end = initial_epoch + epochs
+    state = restore_checkpoint(run, phase, model)
+    history_csv = run.file(f"history_{phase}.csv")
+    if state is None:
+        timer = EpochTimer()
+    else:
+        timer = EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
+        initial_epoch = state["epochs_finished"]
+        records.write_history(history_csv, timer.history)  # drop any epoch logged after the checkpoint
+    if feed is None:
+        train = data.epoch_batches(x, y, batch_size, run.seed, initial_epoch).prefetch(tf.data.AUTOTUNE)
+        validation = validation_data and tf.data.Dataset.from_tensor_slices(validation_data).batch(batch_size)
+    else:
+        train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
+    phase_callbacks = [
+        timer,
+        Checkpoint(run, phase, timer),
+        keras.callbacks.CSVLogger(history_csv, append=state is not None),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,
+              callbacks=[*phase_callbacks, *more_callbacks], verbose=VERBOSE)
+    if not np.all(np.isfinite(timer.history.get("loss", []))):  # TerminateOnNaN stopped it: the phase failed
         raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
-                                 f"{initial_epoch + len(history['loss'])}; try a lower learning rate")
-    return history, timer
+                                 f"{timer.history['epoch'][-1] + 1}; try a lower learning rate")
+    return timer
 
 
 def extract_features(frozen, x, batch_size=None):
@@ -85,38 +165,33 @@ def fit_head(run, phase, features, head, x, y, *, use_cache, epochs, batch_size,
     call into TensorFlow. Without it, the published way: the whole stack (augmentation, frozen
     features, head) is fitted with `batch_size`, paying for the frozen layers in every epoch.
 
-    Images are arrays that go into the model as they are, or, with `feed(x, y, training)`, through the
+    Images are arrays that go into the model as they are, or, with `feed(x, y)` (and for training
+    `feed(x, y, first_epoch)`), through the
     tf.data pipeline it returns (a backbone's preprocessing, and for training shuffling and augmentation).
 
-    Returns (history, timer, info); info goes into the phase record: feature_cache ("memory" or "off"),
+    Returns (timer, info); info goes into the phase record: feature_cache ("memory" or "off"),
     batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
     """
-    options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks}
+    options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
+               "validation_data": validation_data, "epochs": epochs}
     if not use_cache:
         model = models.stack(features.input_shape[1:], [*augmentation, features, head], name=f"{phase}_frozen")
-        if feed is None:
-            history, timer = fit(run, phase, model, x, y, epochs=epochs, batch_size=batch_size,
-                                 validation_data=validation_data, **options)
-        else:  # a pipeline carries its labels and batches
-            validation = validation_data and feed(*validation_data, False)
-            history, timer = fit(run, phase, model, feed(x, y, True), epochs=epochs, validation_data=validation,
-                                 **options)
-        return history, timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
+        timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
+        return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
 
     def extract(images, labels):
         if feed is None:
             return extract_features(features, images, batch_size=1024)
-        return extract_features(features, feed(images, labels, False))
+        return extract_features(features, feed(images, labels))
 
     f_train, seconds = extract(x, y)
     if validation_data is not None:
         f_val, val_seconds = extract(*validation_data)
-        validation_data, seconds = (f_val, validation_data[1]), seconds + val_seconds
-    history, timer = fit(run, phase, head, f_train, y, epochs=epochs, batch_size=head_batch_size,
-                         validation_data=validation_data, steps_per_execution=32, **options)
+        options["validation_data"], seconds = (f_val, validation_data[1]), seconds + val_seconds
+    timer = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
     info = {"feature_cache": "memory", "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
-    return history, timer, info
+    return timer, info
 
 
 def trainable_params(model):

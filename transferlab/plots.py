@@ -9,25 +9,23 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
 
-def learning_curves(histories, path, title="", starts=None):
-    """Loss and accuracy per epoch for every phase ({phase: keras History.history}) in one figure:
-    training as solid lines, validation (when the history has it) dashed in the same colour.
+def learning_curves(histories, path, title=""):
+    """Loss and accuracy per epoch for every phase ({phase: history}, as Run.histories reads them) in one
+    figure: training as solid lines, validation (when the history has it) dashed in the same colour.
 
-    `starts` ({phase: epochs before it}) places a phase that continues another after it on the epoch
-    axis, with a dotted line where it begins: fine-tuning goes on from the frozen phase's last epoch.
+    Epochs are placed by the history's "epoch" numbers (from 0; counted from 0 when it has none), so a
+    phase that continues another (fine-tuning) comes after it, with a dotted line where it begins.
     """
-    starts = starts or {}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for phase, history in histories.items():
-        first = starts.get(phase, 0)
-        epochs = range(first + 1, first + len(history["loss"]) + 1)
+        epochs = [e + 1 for e in history.get("epoch", range(len(history["loss"])))]
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             (line,) = ax.plot(epochs, history[metric], marker="o", label=f"{phase}")
             if f"val_{metric}" in history:
                 ax.plot(epochs, history[f"val_{metric}"], linestyle="--", marker="x", color=line.get_color(),
                         label=f"{phase} (validation)")
-            if first:
-                ax.axvline(first + 0.5, color="gray", linestyle=":", label=f"{phase} starts")
+            if epochs and epochs[0] > 1:
+                ax.axvline(epochs[0] - 0.5, color="gray", linestyle=":", label=f"{phase} starts")
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -1,9 +1,13 @@
 """Run records: one folder per run under results/<experiment>/<run_id>/ with record.json written atomically."""
 
+import csv
 import datetime
 import json
 import os
+import platform
 import secrets
+import shlex
+import shutil
 import signal
 import sys
 
@@ -69,14 +73,132 @@ def check_writable(folder):
         raise UserError(f"results folder {folder!r} is not writable (choose another with --results_dir=)")
 
 
+def save_weights(model, path):
+    """`model.save_weights(path)` under a temporary name, then renamed: a kill leaves no half file."""
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{os.getpid()}.{secrets.token_hex(4)}.{name}")  # Keras wants .weights.h5
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_history(path):
+    """A history CSV (Keras's CSVLogger) as {metric: [float per epoch]}, with "epoch" as ints.
+
+    CSVLogger adds val_ columns filled with "NA" when a phase had no validation; those are left out.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    keys = [key for key in (rows[0] if rows else []) if any(row[key] != "NA" for row in rows)]
+    return {key: [int(row[key]) if key == "epoch" else float(row[key]) for row in rows] for key in keys}
+
+
+def write_history(path, history):
+    """A history {metric: [values]} as CSVLogger writes it (epoch first, then metrics sorted), atomically."""
+    keys = sorted(k for k in history if k != "epoch")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *keys])
+        for i, epoch in enumerate(history.get("epoch", [])):
+            writer.writerow([epoch, *(history[k][i] for k in keys)])
+    os.replace(tmp, path)
+
+
+def _process_alive(record):
+    """Is the process that wrote this record still running (on this machine)?"""
+    if record.get("host") != platform.node() or not record.get("pid"):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process with that pid
+        return True
+    return True
+
+
+def _read_record(folder):
+    try:
+        with open(os.path.join(folder, RECORD), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def resume_command(run_id, argv=None):
+    """The command that resumes `run_id`: this command's arguments with --resume=run_id in place of any other."""
+    argv = sys.argv if argv is None else argv
+    args = [a for a in argv[1:] if not a.startswith("--resume=")]
+    return shlex.join(["python", argv[0], *args, f"--resume={run_id}"])
+
+
+def find_resumable(results_dir, experiment, resume, config):
+    """The record of the run that `--resume=` names (a run id, or "latest": the newest unfinished run of
+    this experiment whose process is gone), checked to be resumable with these constants; None when
+    `resume` is None. Any problem is a UserError naming it."""
+    if resume is None:
+        return None
+    parent = os.path.join(results_dir, experiment)
+    if resume == "latest":
+        run_ids = sorted(os.listdir(parent), reverse=True) if os.path.isdir(parent) else []
+        for run_id in run_ids:
+            record = _read_record(os.path.join(parent, run_id))
+            if record and record.get("status") != "complete" and not _process_alive(record):
+                break
+        else:
+            raise UserError(f"--resume=latest: no unfinished {experiment} run in {parent!r} to resume")
+    else:
+        record = _read_record(os.path.join(parent, resume))
+        if record is None:
+            raise UserError(f"--resume={resume}: no run record at {os.path.join(parent, resume, RECORD)!r} "
+                            f"(run ids are the folder names in {parent!r}, or use --resume=latest)")
+        if record.get("status") == "complete":
+            raise UserError(f"--resume={resume}: that run is complete; there is nothing to resume")
+        if _process_alive(record):
+            raise UserError(f"--resume={resume}: that run is still going (pid {record['pid']}); stop it first")
+    ours = {k: v for k, v in config.items() if k != "RESUME"}
+    theirs = {k: v for k, v in record["config"].items() if k != "RESUME"}
+    for name in sorted(set(ours) | set(theirs)):
+        if ours.get(name) != theirs.get(name):
+            raise UserError(
+                f"cannot resume {record['run_id']} with changed constants: --{name.lower()} was "
+                f"{theirs.get(name)!r} there and is {ours.get(name)!r} now; resume with the command that "
+                f"ran it plus --resume ({record['environment'].get('command')})")
+    return record
+
+
 class Run:
     """The record of one run, kept on disk as it grows.
 
     Use as a context manager around the training: on leaving it the record gets its final status,
     "complete", "interrupted" (Ctrl-C or SIGTERM) or "failed" (with the error), and is written again.
+    An interrupted run prints the command that resumes it.
+
+    Resuming (`resumed=` the record from `find_resumable`) reuses the run's folder and record: phases it
+    finished are restored from their weights (`restore`), and an unfinished one continues from its last
+    finished epoch (see phases.fit).
     """
 
-    def __init__(self, results_dir, experiment, config, environment, data, **sections):
+    def __init__(self, results_dir, experiment, config, environment, data, resumed=None, **sections):
+        self.seed = config.get("SEED", 0)
+        if resumed is not None:
+            self.run_id, self.dir = resumed["run_id"], os.path.join(results_dir, experiment, resumed["run_id"])
+            self.path = os.path.join(self.dir, RECORD)
+            self.record = resumed
+            self.record["resumed"] = [*resumed.get("resumed", []), {
+                "at": now(), "status_before": resumed["status"], "progress": resumed.get("progress"),
+                "command": environment.get("command"), "git_commit": environment.get("git_commit")}]
+            self.record.update(status="running", finished_at=None, pid=os.getpid(), host=platform.node())
+            self.record.pop("error", None)
+            print(f"resuming run {self.run_id}: finished phases {list(self.record['phases']) or 'none'}, "
+                  f"progress {self.record.get('progress')}")
+            self.save()
+            return
         self.run_id, self.dir = new_run_dir(results_dir, experiment)
         self.path = os.path.join(self.dir, RECORD)
         self.record = {
@@ -85,6 +207,8 @@ class Run:
             "started_at": now(),
             "finished_at": None,
             "status": "running",
+            "pid": os.getpid(),  # with host: is a "running" record's process alive, or was it killed?
+            "host": platform.node(),
             "config": config,
             "environment": environment,
             "data": data,
@@ -100,9 +224,35 @@ class Run:
     def save(self):
         write_json(self.path, self.record)
 
-    def add_phase(self, name, phase):
+    def add_phase(self, name, phase, model=None):
+        """Record a finished phase, after saving its model's weights (when given) for a resumed run."""
+        if model is not None:
+            save_weights(model, self.file(f"{name}.weights.h5"))
         self.record["phases"][name] = phase
+        self.record.pop("progress", None)
         self.save()
+        shutil.rmtree(self.file(os.path.join("checkpoints", name)), ignore_errors=True)
+        if os.path.isdir(self.file("checkpoints")) and not os.listdir(self.file("checkpoints")):
+            os.rmdir(self.file("checkpoints"))
+
+    def restore(self, name, model):
+        """True when a resumed run had finished phase `name`: its weights are loaded into `model` and the
+        phase is not run again. False otherwise: run the phase."""
+        if name not in self.record["phases"]:
+            return False
+        model.load_weights(self.file(f"{name}.weights.h5"))
+        print("   finished before the interruption: weights restored, not trained again")
+        return True
+
+    def progress(self, phase, epoch):
+        """Note the last finished epoch of the running phase (the record an interruption leaves says it)."""
+        self.record["progress"] = {"phase": phase, "epochs_finished": epoch}
+        self.save()
+
+    def histories(self):
+        """{phase: history} of the finished phases, from their CSV histories: complete across resumes."""
+        return {name: read_history(self.file(f"history_{name}.csv")) for name in self.record["phases"]
+                if os.path.exists(self.file(f"history_{name}.csv"))}
 
     def __enter__(self):
         self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -120,7 +270,8 @@ class Run:
             self.record["error"] = f"{kind.__name__}: {error}"
         self.save()
         if kind is not None and issubclass(kind, KeyboardInterrupt):
-            print(f"\ninterrupted; record saved as {self.path}", file=sys.stderr)
+            print(f"\ninterrupted; record saved as {self.path}\nresume with: {resume_command(self.run_id)}",
+                  file=sys.stderr)
             raise SystemExit(130) from None
         if kind is not None and issubclass(kind, FloatingPointError):  # a diverged run: no traceback needed
             print(f"error: {error}; record saved as {self.path}", file=sys.stderr)
