@@ -124,16 +124,16 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     else:
         timer = EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
         initial_epoch = state["epochs_finished"]
-        records.write_history(history_csv, timer.history)  # drop any epoch logged after the checkpoint
+        records.truncate_history(history_csv, initial_epoch)  # drop any epoch logged after the checkpoint
     if feed is None:
         train = data.epoch_batches(x, y, batch_size, run.seed, initial_epoch).prefetch(tf.data.AUTOTUNE)
         validation = validation_data and tf.data.Dataset.from_tensor_slices(validation_data).batch(batch_size)
     else:
         train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
-    phase_callbacks = [
+    phase_callbacks = [  # in this order: the CSV row of an epoch is written before its checkpoint
         timer,
-        Checkpoint(run, phase, timer),
         keras.callbacks.CSVLogger(history_csv, append=state is not None),
+        Checkpoint(run, phase, timer),
         keras.callbacks.TerminateOnNaN(),
     ]
     model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,

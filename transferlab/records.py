@@ -97,15 +97,16 @@ def read_history(path):
     return {key: [int(row[key]) if key == "epoch" else float(row[key]) for row in rows] for key in keys}
 
 
-def write_history(path, history):
-    """A history {metric: [values]} as CSVLogger writes it (epoch first, then metrics sorted), atomically."""
-    keys = sorted(k for k in history if k != "epoch")
+def truncate_history(path, epochs):
+    """Keep only the rows of epochs before `epochs` in a history CSV (atomically): a resumed phase drops
+    what an interrupted one logged after its last checkpoint, and CSVLogger appends from there."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", *keys])
-        for i, epoch in enumerate(history.get("epoch", [])):
-            writer.writerow([epoch, *(history[k][i] for k in keys)])
+        csv.writer(f).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) < epochs])
     os.replace(tmp, path)
 
 
@@ -163,13 +164,16 @@ def find_resumable(results_dir, experiment, resume, config):
             raise UserError(f"--resume={resume}: that run is still going (pid {record['pid']}); stop it first")
     ours = {k: v for k, v in config.items() if k != "RESUME"}
     theirs = {k: v for k, v in record["config"].items() if k != "RESUME"}
-    for name in sorted(set(ours) | set(theirs)):
-        if ours.get(name) != theirs.get(name):
-            raise UserError(
-                f"cannot resume {record['run_id']} with changed constants: --{name.lower()} was "
-                f"{theirs.get(name)!r} there and is {ours.get(name)!r} now; resume with the command that "
-                f"ran it plus --resume ({record['environment'].get('command')})")
+    changed = [f"--{name.lower()} was {_shown(theirs, name)} there and is {_shown(ours, name)} now"
+               for name in sorted(set(ours) | set(theirs)) if ours.get(name, KeyError) != theirs.get(name, KeyError)]
+    if changed:
+        raise UserError(f"cannot resume {record['run_id']} with changed constants: {', '.join(changed)}; resume with "
+                        f"the command that ran it plus --resume ({record['environment'].get('command')})")
     return record
+
+
+def _shown(constants, name):
+    return repr(constants[name]) if name in constants else "not a constant"
 
 
 class Run:

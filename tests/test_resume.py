@@ -1,0 +1,195 @@
+"""Interrupted runs: Ctrl-C / SIGTERM and kill -9 mid-phase, then resumed, give the record an uninterrupted
+run gives; resuming is refused with one line when it cannot be right."""
+
+import ast
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_script
+from transferlab import models, phases, records
+from transferlab.config import UserError
+
+EPOCHS = 8  # long enough on the tiny data to be stopped in the middle of a phase
+
+
+def args(mnist_dir, results):
+    return [f"--epochs={EPOCHS}", "--deterministic=True", f"--data_dir={mnist_dir}", f"--results_dir={results}"]
+
+
+def record_of(results):
+    paths = glob.glob(os.path.join(results, "mnist", "*", "record.json"))
+    assert len(paths) == 1, paths
+    with open(paths[0]) as f:
+        return json.load(f), os.path.dirname(paths[0])
+
+
+def start_and_stop(mnist_dir, results, phase, sig):
+    """Start a run, wait until `phase` has finished two epochs, send `sig`; returns the finished process."""
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "mnist_transfer.py"), *args(mnist_dir, results)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            record, _ = record_of(results)
+            if record.get("progress", {}).get("phase") == phase and record["progress"]["epochs_finished"] >= 2:
+                break
+        except (AssertionError, ValueError, OSError):  # not created yet
+            pass
+        time.sleep(0.02)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def outcome(folder, record):
+    """What must not depend on interruptions: every phase's numbers and every epoch's history."""
+    histories = {name: open(os.path.join(folder, f"history_{name}.csv")).read() for name in record["phases"]}
+    numbers = {name: (p["test_loss"], p["test_accuracy"], p["epochs"]) for name, p in record["phases"].items()}
+    return numbers, histories
+
+
+def test_interrupted_and_killed_runs_resume_to_the_uninterrupted_record(mnist_dir, tmp_path):
+    result = run_script("mnist_transfer.py", *args(mnist_dir, tmp_path / "straight"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = outcome(*reversed(record_of(tmp_path / "straight")))
+
+    # SIGINT (Ctrl-C) in the middle of phase "base": status interrupted, the epoch it reached, the command.
+    results = tmp_path / "interrupted"
+    code, _, err = start_and_stop(mnist_dir, results, "base", signal.SIGINT)
+    record, folder = record_of(results)
+    assert code == 130, err[-3000:]
+    assert record["status"] == "interrupted" and record["phases"] == {}
+    assert record["progress"]["phase"] == "base" and 2 <= record["progress"]["epochs_finished"] < EPOCHS
+    command = err.strip().splitlines()[-1]
+    assert command.startswith("resume with: python ") and command.endswith(f"--resume={record['run_id']}")
+    resumed = subprocess.run([sys.executable, *shlex.split(command.removeprefix("resume with: python "))],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming phase base after epoch {record['progress']['epochs_finished']}" in resumed.stdout
+    record, folder = record_of(results)
+    assert record["status"] == "complete" and "progress" not in record
+    assert [r["status_before"] for r in record["resumed"]] == ["interrupted"]
+    assert outcome(folder, record) == expected
+    assert not os.path.exists(os.path.join(folder, "checkpoints"))
+
+    # kill -9 in the middle of phase "scratch": the record stays readable, --resume=latest finds the run.
+    results = tmp_path / "killed"
+    code, _, _ = start_and_stop(mnist_dir, results, "scratch", signal.SIGKILL)
+    record, folder = record_of(results)
+    assert code == -signal.SIGKILL and record["status"] == "running"
+    assert list(record["phases"]) == ["base", "transfer"]
+    resumed = run_script("mnist_transfer.py", *args(mnist_dir, results), "--resume=latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("weights restored, not trained again") == 2  # base and transfer
+    record, folder = record_of(results)
+    assert record["status"] == "complete" and outcome(folder, record) == expected
+
+
+def test_resume_is_refused_with_one_line_and_the_record_untouched(mnist_dir, tmp_path):
+    results = tmp_path / "results"
+    folder = results / "mnist" / "20260101-000000-000000-abcd"
+    folder.mkdir(parents=True)
+    help_text = run_script("mnist_transfer.py", "--help").stdout  # every constant with its default
+    config = {line.split("=")[0].strip()[2:].upper(): ast.literal_eval(line.split("=", 1)[1].split("  ")[0])
+              for line in help_text.splitlines() if line.startswith("  --") and "=" in line}
+    config["EPOCHS"] = 3
+    record = {"run_id": folder.name, "status": "interrupted", "pid": 1, "host": "elsewhere", "config": config,
+              "environment": {"command": "python mnist_transfer.py --epochs=3"}, "phases": {}}
+    (folder / "record.json").write_text(json.dumps(record))
+    before = (folder / "record.json").read_bytes()
+    cases = [
+        (["--resume=latest"], f"error: cannot resume {folder.name} with changed constants: --data_dir was None there"
+                              f" and is '{mnist_dir}' now, --epochs was 3 there and is 10 now, --results_dir was "
+                              f"'results' there and is '{results}' now; resume with the command that ran it plus "
+                              "--resume (python mnist_transfer.py --epochs=3)"),
+        (["--resume=nosuchrun"], "error: --resume=nosuchrun: no run record at"),
+    ]
+    for extra, message in cases:
+        result = run_script("mnist_transfer.py", f"--data_dir={mnist_dir}", f"--results_dir={results}", *extra)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert (folder / "record.json").read_bytes() == before and os.listdir(results / "mnist") == [folder.name]
+
+
+def write_record(results, run_id, **fields):
+    folder = os.path.join(results, "demo", run_id)
+    os.makedirs(folder)
+    records.write_json(os.path.join(folder, "record.json"),
+                       {"run_id": run_id, "config": {"SEED": 1}, "environment": {"command": "x"}, **fields})
+
+
+def test_find_resumable_picks_the_newest_unfinished_run_whose_process_is_gone(tmp_path):
+    write_record(tmp_path, "20260101-1", status="interrupted")
+    write_record(tmp_path, "20260102-1", status="running", pid=2**22 + 7, host="elsewhere")  # killed elsewhere
+    write_record(tmp_path, "20260103-1", status="complete")
+    write_record(tmp_path, "20260104-1", status="running", pid=os.getpid(), host=os.uname().nodename)  # alive
+    assert records.find_resumable(tmp_path, "demo", "latest", {"SEED": 1, "RESUME": "latest"})["run_id"] == \
+        "20260102-1"
+    assert records.find_resumable(tmp_path, "demo", None, {"SEED": 1}) is None
+    with pytest.raises(UserError, match="that run is complete; there is nothing to resume"):
+        records.find_resumable(tmp_path, "demo", "20260103-1", {"SEED": 1})
+    with pytest.raises(UserError, match=f"that run is still going \\(pid {os.getpid()}\\); stop it first"):
+        records.find_resumable(tmp_path, "demo", "20260104-1", {"SEED": 1})
+    with pytest.raises(UserError, match="--seed was 1 there and is 2 now"):
+        records.find_resumable(tmp_path, "demo", "20260101-1", {"SEED": 2})
+    with pytest.raises(UserError, match="no unfinished other run in"):
+        records.find_resumable(tmp_path, "other", "latest", {"SEED": 1})
+
+
+def test_resume_command_replaces_any_resume_flag():
+    assert records.resume_command("R2", ["x.py", "--epochs=2", "--resume=latest", "--data_dir=a b"]) == \
+        "python x.py --epochs=2 '--data_dir=a b' --resume=R2"
+
+
+class Run:
+    """What phases.fit needs of a records.Run."""
+
+    def __init__(self, folder):
+        self.folder, self.seed = folder, 3
+        folder.mkdir(exist_ok=True)
+
+    def file(self, name):
+        return str(self.folder / name)
+
+    def progress(self, phase, epoch):
+        pass
+
+
+def dropout_model():
+    keras.utils.set_random_seed(0)
+    return models.stack((6,), [keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5),
+                               keras.layers.Dense(3, activation="softmax")], name="m")
+
+
+def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 6)).astype("float32")
+    y = np.arange(100) % 3
+    straight = dropout_model()
+    timer = phases.fit(Run(tmp_path / "a"), "p", straight, x, y, epochs=4, batch_size=16, learning_rate=0.01,
+                       steps_per_execution=3)  # 7 steps an epoch: executions must not cross epochs
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        phases.fit(Run(tmp_path / "b"), "p", dropout_model(), x, y, epochs=4, batch_size=16, learning_rate=0.01,
+                   steps_per_execution=3, more_callbacks=[StopAfterTwo()])
+    resumed = dropout_model()
+    resumed_timer = phases.fit(Run(tmp_path / "b"), "p", resumed, x, y, epochs=4, batch_size=16,
+                               learning_rate=0.01, steps_per_execution=3)
+    assert resumed_timer.history == timer.history and len(resumed_timer.epoch_seconds) == 4
+    assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy()) == 28
+    for a, b in zip(straight.weights, resumed.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
