@@ -20,6 +20,7 @@ def test_load_decodes_every_readable_image_and_reports_the_rest(image_folder):
     assert info["class_names"] == ["class_a", "class_b"]
     assert info["validation"] == "validation/ folder"
     assert info["skipped_count"] == 4
+    assert info["converted_images"] == {"L": 6, "P": 4, "RGBA": 6}  # counted, then converted to RGB
     skipped = {entry["path"]: entry["reason"] for entry in info["skipped_files"]}
     assert skipped == {
         os.path.join("train", "class_a", "corrupt.jpg"): "cannot be decoded",
@@ -31,6 +32,23 @@ def test_load_decodes_every_readable_image_and_reports_the_rest(image_folder):
     red, green, _ = x_train[:, 6:10, 6:10].mean(axis=(1, 2)).T
     assert np.all(red[y_train == 0] >= green[y_train == 0]) and np.all(green[y_train == 1] >= red[y_train == 1])
     assert np.sum(red[y_train == 0] > green[y_train == 0] + 100) == 6  # all but the 2 grey ones
+
+
+def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys):
+    from PIL import Image
+
+    colour = Image.new("RGB", (20, 20), (200, 30, 30))
+    for name, image in (("a/cmyk.jpg", colour.convert("CMYK")), ("a/bw.png", colour.convert("1")),
+                        ("b/la.png", colour.convert("LA")), ("b/rgb.png", colour)):
+        (tmp_path / "train" / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "train" / name)
+    train, validation, info = folders.load(str(tmp_path), 8, 0.5, seed=0)
+    images = np.concatenate([train[0], validation[0]])
+    assert len(images) == 4 and info["skipped_count"] == 0
+    assert info["converted_images"] == {"1": 1, "CMYK": 1, "LA": 1}
+    assert f"warning: converted 3 images in {tmp_path} to RGB: 1 1, 1 CMYK, 1 LA" in capsys.readouterr().out
+    redness = images[..., 0].mean(axis=(1, 2)) - images[..., 1].mean(axis=(1, 2))
+    assert np.sum(redness > 100) == 2  # the RGB one and the CMYK one, still red; the grey ones are grey
 
 
 def test_without_a_validation_folder_a_seeded_split_validates(image_folder_3):

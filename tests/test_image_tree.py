@@ -26,7 +26,7 @@ def cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def test_tree_decodes_to_keras_arrays_and_caches(tmp_path):
+def test_tree_decodes_to_keras_arrays_and_caches(tmp_path, capsys):
     root = make_tree(tmp_path / "pets")
     # A grayscale and an RGBA image are converted to RGB, not rejected.
     Image.fromarray(np.full((32, 32), 200, np.uint8), mode="L").save(root / "train" / "dog" / "gray.png")
@@ -40,9 +40,12 @@ def test_tree_decodes_to_keras_arrays_and_caches(tmp_path):
     assert x[0, 0, 0].tolist() == [0, 0, 0] and x[4, 0, 0].tolist() == [41, 41, 41]
     assert x[6].min() == x[6].max() == 200  # dog/gray.png sorts after 0000-0002.png
     assert source["cache"] == "miss" and source["source"] == str(root) and source["decode_seconds"] > 0
+    assert source["converted_images"] == {"L": 1, "RGBA": 1}
+    assert f"warning: converted 2 images in {root} to RGB: 1 L, 1 RGBA" in capsys.readouterr().out
 
     again = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
     assert again[2]["cache"] == "hit" and again[2]["sha256"] == source["sha256"]
+    assert again[2]["converted_images"] == {"L": 1, "RGBA": 1}  # kept with the cache
     np.testing.assert_array_equal(again[0][0], x)
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "test" / "cat" / "new.png")

@@ -1,5 +1,6 @@
 """Datasets: finding them (data directory first, then Keras's download), checking them, splitting into tasks."""
 
+import collections
 import concurrent.futures
 import hashlib
 import os
@@ -136,12 +137,14 @@ def tree_key(root, listing):
 
 
 def decode_image(path, image_shape):
-    """One image file as a uint8 array of `image_shape`; grayscale, RGBA, palette, CMYK are converted."""
+    """One image file as a uint8 array of `image_shape`, and the file's own colour mode ("RGB", "L",
+    "RGBA", "P", "CMYK", ...): grayscale, RGBA, palette and CMYK images are converted, not rejected."""
     from PIL import Image, UnidentifiedImageError
 
     mode = "RGB" if len(image_shape) == 3 else "L"
     try:
         with Image.open(path) as image:
+            own_mode = image.mode
             array = np.asarray(image.convert(mode))
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise UserError(f"{path}: cannot decode this image ({error})") from None
@@ -149,20 +152,45 @@ def decode_image(path, image_shape):
         array.shape == tuple(image_shape),
         f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {image_shape[1]}x{image_shape[0]}",
     )
-    return array
+    return array, own_mode
 
 
 def decode_images(paths, image_shape, chunk=512):
-    """Decode many files on all cores (Pillow releases the GIL while decoding) into one uint8 array."""
+    """Decode many files on all cores (Pillow releases the GIL while decoding) into one uint8 array;
+    returns (images, the files' own colour modes)."""
     out = np.empty((len(paths), *image_shape), dtype=np.uint8)
+    modes = [""] * len(paths)
 
     def decode_chunk(start):
         for i in range(start, min(start + chunk, len(paths))):
-            out[i] = decode_image(paths[i], image_shape)
+            out[i], modes[i] = decode_image(paths[i], image_shape)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(decode_chunk, range(0, len(paths), chunk)))  # list(): re-raise the first error
-    return out
+    return out, modes
+
+
+def image_mode(path):
+    """A readable image file's own colour mode, from its header alone (None if Pillow cannot open it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.mode
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def report_conversions(modes, wanted, where):
+    """From the images' own colour `modes` ({mode: count}, or a list with one per image), the
+    {mode: count} of those not in `wanted` mode, which were converted; with one warning line when there
+    are any. It goes into the record as "converted_images"."""
+    modes = collections.Counter(modes) if isinstance(modes, list) else modes
+    counts = {mode: n for mode, n in sorted(modes.items()) if mode and mode != wanted}
+    if counts:
+        listed = ", ".join(f"{n} {mode}" for mode, n in counts.items())
+        print(f"warning: converted {sum(counts.values())} images in {where} to {wanted}: {listed}")
+    return counts
 
 
 def load_image_tree(root, class_names, image_shape):
@@ -176,19 +204,28 @@ def load_image_tree(root, class_names, image_shape):
     key = tree_key(root, listing)
     path = os.path.join(cache_dir(), f"{os.path.basename(os.path.normpath(root))}-{key[:20]}.npz")
     source = {"source": os.path.abspath(root), "sha256": key, "cache_file": path}
+    wanted = "RGB" if len(image_shape) == 3 else "L"
     if os.path.isfile(path):
         try:
             train, test = load_npz(path, image_shape, len(class_names))
-            return train, test, {**source, "cache": "hit"}
+            with np.load(path, allow_pickle=False) as f:  # the colour modes the images had (older caches: none)
+                modes = (dict(zip(f["converted_modes"].tolist(), f["converted_counts"].tolist(), strict=True))
+                         if "converted_modes" in f.files else {})
+            converted = report_conversions(modes, wanted, root)
+            return train, test, {**source, "converted_images": converted, "cache": "hit"}
         except UserError as error:
             print(f"warning: ignoring a damaged cache file and decoding again: {error}")
     print(f"decoding {sum(len(f) for f in listing.values())} images under {root} (cached for next time) ...")
     start = time.perf_counter()
-    arrays = {}
+    arrays, modes = {}, []
     for split, files in listing.items():
-        arrays[f"x_{split}"] = decode_images([f[0] for f in files], image_shape)
+        arrays[f"x_{split}"], split_modes = decode_images([f[0] for f in files], image_shape)
         arrays[f"y_{split}"] = np.array([f[2] for f in files], dtype=np.uint8)
+        modes += split_modes
     source["decode_seconds"] = round(time.perf_counter() - start, 3)
+    source["converted_images"] = report_conversions(modes, wanted, root)
+    arrays["converted_modes"] = np.array(list(source["converted_images"]), dtype=str)
+    arrays["converted_counts"] = np.array(list(source["converted_images"].values()), dtype=np.int64)
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz"
     try:
         os.makedirs(cache_dir(), exist_ok=True)

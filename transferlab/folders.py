@@ -104,9 +104,10 @@ def load(directory, image_size, validation_split, seed):
     folders = {"train": train_dir, **({"validation": val_dir} if has_val else {})}
     print(f"decoding the images under {directory} at {image_size}x{image_size} ...")
     start = time.perf_counter()
-    splits, skipped, listing = {}, [], {}
+    splits, skipped, listing, modes = {}, [], {}, []
     for split, folder in folders.items():
         x, y, paths, failed = decode(folder, classes, image_size)
+        modes += [data.image_mode(p) for p in paths]
         skipped += [(p, "cannot be decoded") for p in failed]
         skipped += [(p, "not an image file") for p in not_images(folder, classes)]
         for name in classes:
@@ -114,6 +115,7 @@ def load(directory, image_size, validation_split, seed):
         splits[split] = (x, y)
         listing[split] = [(p, os.path.getsize(p), int(label)) for p, label in zip(paths, y, strict=True)]
     seconds = time.perf_counter() - start
+    converted = data.report_conversions(modes, "RGB", directory)
     if not has_val:
         splits["train"], splits["validation"] = data.train_validation_split(*splits["train"], validation_split, seed)
     if skipped:
@@ -128,6 +130,7 @@ def load(directory, image_size, validation_split, seed):
         "samples": {split: len(x) for split, (x, _) in splits.items()},
         "skipped_count": len(skipped),
         "skipped_files": [{"path": os.path.relpath(p, directory), "reason": why} for p, why in skipped],
+        "converted_images": converted,  # {colour mode: count} of images converted to RGB
         "decode_seconds": round(seconds, 3),
     }
     return splits["train"], splits["validation"], info
