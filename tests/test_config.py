@@ -118,11 +118,18 @@ def test_script_help_lists_constants_and_exits_0():
     ],
 )
 def test_script_bad_input_is_one_line_and_exit_2(tmp_path, arg, message):
+    earlier = tmp_path / "mnist" / "20260101-000000-000000-abcd" / "record.json"  # an earlier run's record
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"status": "complete"}\n')
     result = run_script("mnist_transfer.py", arg, f"--results_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing was created
+    # Nothing was created and the earlier record is untouched.
+    assert [p.relative_to(tmp_path) for p in sorted(tmp_path.rglob("*"))] == [
+        earlier.parent.parent.relative_to(tmp_path), earlier.parent.relative_to(tmp_path),
+        earlier.relative_to(tmp_path)]
+    assert earlier.read_text() == '{"status": "complete"}\n'
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):

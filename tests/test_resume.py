@@ -193,3 +193,18 @@ def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy()) == 28
     for a, b in zip(straight.weights, resumed.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_two_runs_started_at_once_in_one_results_folder_both_complete(mnist_dir, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "mnist_transfer.py"), "--epochs=1", "--run_scratch=False",
+               f"--data_dir={mnist_dir}", f"--results_dir={tmp_path}"]
+    both = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for process in both:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    paths = sorted(glob.glob(os.path.join(tmp_path, "mnist", "*", "record.json")))
+    recorded = [json.load(open(path)) for path in paths]
+    assert len(recorded) == 2 and recorded[0]["run_id"] != recorded[1]["run_id"]
+    assert all(r["status"] == "complete" and list(r["phases"]) == ["base", "transfer"] for r in recorded)
+    assert not glob.glob(os.path.join(tmp_path, "**", "*.tmp"), recursive=True)
