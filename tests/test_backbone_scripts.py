@@ -149,9 +149,9 @@ def test_mobilenet_real_weights_on_a_cats_and_dogs_subset_beat_90_percent(tmp_pa
                 os.symlink(os.path.join(source, name), folder / name)
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", f"--data_dir={subset}", f"--weights={SHARED_WEIGHTS}",
-                        "--image_size=96", "--epochs=5", "--fine_tune_epochs=0", "--run_scratch=False",
+                        "--image_size=160", "--epochs=10", "--fine_tune_epochs=0", "--run_scratch=False",
                         f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     record, _ = only_record(results, "mobilenet")
     assert record["backbone"]["weights_sha256"] == "6714965a05ee6d8568343664bb9cda7456c6eb1fa190a6f5eb39bf087068b100"
-    assert record["phases"]["transfer"]["val_accuracy"] > 0.90
+    assert record["phases"]["transfer"]["val_accuracy"] > 0.90  # 0.97 here; at 96 px and 5 epochs it was 0.89-0.9
