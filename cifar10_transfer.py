@@ -123,8 +123,11 @@ with records.Run(RESULTS_DIR, "cifar10", CONFIG, runtime.environment(), source, 
     new_head = models.stack(features.output_shape[1:], head(len(TASK_B_CLASSES)), name="head_b")
     transfer = models.compile_classifier(models.stack(IMAGE, [features, new_head], name="transfer"), LEARNING_RATE)
     if not run.restore("transfer", transfer):
+        # The frozen layers run once over the images (in memory: they were trained in this run, so no
+        # other run could reuse their features), then only the head trains on their output.
         timer, cache = phases.fit_head(
-            run, "transfer", features, new_head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            run, "transfer", features, new_head, xb_train, yb_train,
+            cache="memory" if FEATURE_CACHE and not AUGMENT else None,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             validation_data=tasks["b_validation"], augmentation=augmentation(),
         )

@@ -34,7 +34,7 @@ LEARNING_RATE = 1e-4  # RMSprop's, as published
 OPTIMIZER = "rmsprop"  # adam, rmsprop or sgd, in every phase
 STOP_AT_VAL_ACCURACY = 0.97  # stop a phase once validation accuracy reaches this (the course's callback); 1.0: never
 AUGMENT = True  # the published augmentation: rotation 40 degrees, shifts 0.2, shear and zoom 0.2, horizontal flips
-FEATURE_CACHE = True  # used when AUGMENT is off: the frozen backbone runs once per image
+FEATURE_CACHE = True  # used when AUGMENT is off: backbone features once per image, kept on disk for later runs
 FINE_TUNE_EPOCHS = 0  # epochs of phase "fine_tune" after the frozen phase (not in the course); 0 skips it
 FINE_TUNE_AT: int | str = "mixed6"  # first backbone layer to unfreeze, by index or name: mixed7's block trains
 FINE_TUNE_LEARNING_RATE = 1e-5  # low, so fine-tuning refines ImageNet's features, not erases them
@@ -140,7 +140,8 @@ with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
     if not run.restore("transfer", model):
         timer, cache = phases.fit_head(
-            run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            run, "transfer", features, head, x_train, y_train,
+            cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing="InceptionV3 preprocess_input",
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed, more_callbacks=[stop],
         )

@@ -122,9 +122,11 @@ with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source, re
     transfer = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
     if not run.restore("transfer", transfer):
         # With the cache the frozen layers run once, in inference mode, and only the head trains on their
-        # output; augmented images differ every epoch, so then there is nothing to cache.
+        # output; augmented images differ every epoch, so then there is nothing to cache. The cache lives in
+        # memory: these layers were trained in this run, so no other run could reuse their features.
         timer, cache = phases.fit_head(
-            run, "transfer", features, head, xb_train, yb_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            run, "transfer", features, head, xb_train, yb_train,
+            cache="memory" if FEATURE_CACHE and not AUGMENT else None,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             augmentation=augmentation(),
         )

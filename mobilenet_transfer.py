@@ -42,7 +42,7 @@ FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines Imag
 FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
 BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
 AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
-FEATURE_CACHE = True  # frozen phase: run the backbone once per image, then train only the head
+FEATURE_CACHE = True  # frozen phase: backbone features once per image (kept on disk for later runs), then the head
 RUN_SCRATCH = True  # train the same network from random init: what did the ImageNet weights buy?
 SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
@@ -143,7 +143,8 @@ with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
     if not run.restore("transfer", model):
         timer, cache = phases.fit_head(
-            run, "transfer", features, head, x_train, y_train, use_cache=FEATURE_CACHE and not AUGMENT,
+            run, "transfer", features, head, x_train, y_train,
+            cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing="MobileNetV2 preprocess_input",
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed,
         )

@@ -29,6 +29,15 @@ def synthetic_digits(per_class, rng, num_classes=10):
     return np.stack(images)[order], np.array(labels, dtype=np.uint8)[order]
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Caches (decoded image trees, backbone features) go to the test's own folder, never ~/.cache, and
+    scripts run by the test inherit it."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def mnist_dir(tmp_path):
     """A data directory holding a tiny synthetic mnist.npz in Keras's layout (40 train, 10 test per digit)."""

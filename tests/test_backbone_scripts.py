@@ -23,7 +23,7 @@ def only_record(results, experiment):
         return json.load(f), os.path.dirname(paths[0])
 
 
-def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path):
+def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path, cache_dir):
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder_3}", "--weights=None", "--image_size=32",
                         "--epochs=1", "--fine_tune_epochs=1", "--scratch_epochs=1", "--head=16", "--batch_size=8",
@@ -48,7 +48,9 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
         assert 0 <= phase["val_accuracy"] <= 1 and "test_accuracy" not in phase, name
         assert phase["epochs"] == 1 and phase["train_samples"] == 24
     # Transfer trains the head only: 1280*16+16 + 16*3+3 (a softmax over 3 classes).
-    assert phases["transfer"]["trainable_params"] == 20_547 and phases["transfer"]["feature_cache"] == "memory"
+    assert phases["transfer"]["trainable_params"] == 20_547 and phases["transfer"]["feature_cache"] == "miss"
+    # The backbone's features of the training and the validation images are now on disk for the next run.
+    assert len(glob.glob(str(cache_dir / "features" / "*.npy"))) == 2
     assert phases["transfer"]["trainable_params"] < phases["fine_tune"]["trainable_params"]
     assert phases["fine_tune"]["trainable_params"] < phases["scratch"]["trainable_params"]
     assert PLOTS <= set(os.listdir(folder))

@@ -21,11 +21,6 @@ def make_tree(root, per_class=3, size=(32, 32), classes=CLASSES):
     return root
 
 
-@pytest.fixture(autouse=True)
-def cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def test_tree_decodes_to_keras_arrays_and_caches(tmp_path, capsys):
     root = make_tree(tmp_path / "pets")
     # A grayscale and an RGBA image are converted to RGB, not rejected.

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, models, records
+from transferlab import data, feature_cache, models, records
 
 
 # Progress bars on a terminal; one line per epoch when output goes to a file or a CI log.
@@ -156,40 +156,51 @@ def extract_features(frozen, x, batch_size=None):
     return np.asarray(features, dtype=np.float32), time.perf_counter() - start
 
 
-def fit_head(run, phase, features, head, x, y, *, use_cache, epochs, batch_size, head_batch_size,
-             learning_rate, validation_data=None, augmentation=(), feed=None, optimizer="adam", more_callbacks=()):
+def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
+             validation_data=None, augmentation=(), feed=None, preprocessing="", optimizer="adam",
+             more_callbacks=()):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
-    With `use_cache`, the frozen layers run once over the training (and validation) images in inference
+    With a `cache`, the frozen layers run once over the training (and validation) images in inference
     mode and only the head is fitted, on those features, with `head_batch_size` and several steps per
-    call into TensorFlow. Without it, the published way: the whole stack (augmentation, frozen
+    call into TensorFlow: "disk" keeps them in the on-disk cache (feature_cache.py) for later runs, for a
+    pretrained backbone whose output does not change between runs (`preprocessing` names what `feed`
+    does to the images, part of the cache key); "memory" keeps them for this run only, for feature layers
+    trained in this run. With `cache` None, the published way: the whole stack (augmentation, frozen
     features, head) is fitted with `batch_size`, paying for the frozen layers in every epoch.
 
     Images are arrays that go into the model as they are, or, with `feed(x, y)` (and for training
-    `feed(x, y, first_epoch)`), through the
-    tf.data pipeline it returns (a backbone's preprocessing, and for training shuffling and augmentation).
+    `feed(x, y, first_epoch)`), through the tf.data pipeline it returns (a backbone's preprocessing, and
+    for training shuffling and augmentation).
 
-    Returns (timer, info); info goes into the phase record: feature_cache ("memory" or "off"),
-    batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
+    Returns (timer, info); info goes into the phase record: feature_cache ("hit", "miss", "memory" or
+    "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
                "validation_data": validation_data, "epochs": epochs}
-    if not use_cache:
+    if cache is None:
         model = models.stack(features.input_shape[1:], [*augmentation, features, head], name=f"{phase}_frozen")
         timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
         return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
 
     def extract(images, labels):
+        """(features, where they came from, seconds)."""
+        if cache == "disk":
+            batches = feed(images, labels) if feed else (images[i:i + 256] for i in range(0, len(images), 256))
+            return feature_cache.cached(features, images, batches, preprocessing)
         if feed is None:
-            return extract_features(features, images, batch_size=1024)
-        return extract_features(features, feed(images, labels))
+            found, seconds = extract_features(features, images, batch_size=1024)
+        else:
+            found, seconds = extract_features(features, feed(images, labels))
+        return found, "memory", seconds
 
-    f_train, seconds = extract(x, y)
+    f_train, status, seconds = extract(x, y)
     if validation_data is not None:
-        f_val, val_seconds = extract(*validation_data)
+        f_val, val_status, val_seconds = extract(*validation_data)
         options["validation_data"], seconds = (f_val, validation_data[1]), seconds + val_seconds
+        status = "miss" if "miss" in (status, val_status) else status  # "hit" only when nothing was extracted
     timer = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
-    info = {"feature_cache": "memory", "batch_size": head_batch_size,
+    info = {"feature_cache": status, "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
     return timer, info
 

@@ -1,0 +1,152 @@
+"""The frozen-feature cache on disk: TF Hub's bottleneck files, for any frozen feature extractor.
+
+The frozen layers' output for a set of images depends only on the layers (their kind, shapes and
+weights) and on the images. Both are hashed into the cache key, so a rerun, a resumed run or a sweep
+that changes only the head, its epochs or its learning rate finds the features already computed and
+skips extraction entirely; anything that changes them (other weights, another cut, input size,
+preprocessing, other images) gives another key.
+
+Each entry is `<key>.npy` (float32, written batch by batch into a memory-mapped file, so extracting
+100,000 x 1280 features never holds them all in memory) and `<key>.json` (shape and the .npy's sha256).
+Both are written under temporary names and renamed, the JSON last: an entry without its JSON does not
+exist. On a hit the checksum is verified; a damaged entry is discarded with a warning and rebuilt.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import time
+
+import numpy as np
+
+from transferlab import data, records
+
+CHUNK = 1 << 24  # bytes read at a time when hashing a file
+LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
+DEFAULT_LIMIT_GB = 10
+
+
+def folder():
+    return os.path.join(data.cache_dir(), "features")
+
+
+def key(frozen, images, preprocessing):
+    """The cache key: a sha256 of the frozen model's layers (class, output shape, weights), the images
+    (their bytes and shape, as they enter the pipeline) and the name of the preprocessing applied."""
+    digest = hashlib.sha256()
+    digest.update(f"{preprocessing}\n{images.shape}\n{images.dtype}\n".encode())
+    for layer in _all_layers(frozen):
+        digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model (a backbone inside the feature extractor)
+            yield from _all_layers(layer)
+
+
+def _output_shape(layer):
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(entry):
+    """The cached features of `entry` (a path without suffix) as a read-only memory map, or None when
+    there is no entry or it is damaged (then it is removed, with a warning)."""
+    meta_path, array_path = f"{entry}.json", f"{entry}.npy"
+    if not os.path.exists(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if file_sha256(array_path) != meta["sha256"]:
+            raise ValueError("checksum mismatch")
+        features = np.load(array_path, mmap_mode="r", allow_pickle=False)
+        if list(features.shape) != meta["shape"]:
+            raise ValueError(f"shape {features.shape}, expected {meta['shape']}")
+        return features
+    except (OSError, ValueError, KeyError) as error:
+        print(f"warning: discarding a damaged feature cache entry {array_path} ({error}); extracting again")
+        for path in (meta_path, array_path):
+            if os.path.exists(path):
+                os.unlink(path)
+        return None
+
+
+def extract(frozen, batches, count, entry):
+    """Run `frozen` in inference mode over `batches` (images, or (images, labels) pairs; `count` images
+    in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
+    them as a read-only memory map."""
+    os.makedirs(os.path.dirname(entry), exist_ok=True)
+    tmp = f"{entry}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy"
+    try:
+        out, done = None, 0
+        for batch in batches:
+            images = batch[0] if isinstance(batch, tuple) else batch
+            result = np.asarray(frozen.predict_on_batch(images), dtype=np.float32)  # inference mode
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *result.shape[1:]))
+            out[done:done + len(result)] = result
+            done += len(result)
+        if done != count:
+            raise ValueError(f"the pipeline gave {done} images, expected {count}")
+        out.flush()
+        shape = list(out.shape)
+        del out  # close the memory map before renaming the file
+        checksum = file_sha256(tmp)
+        os.replace(tmp, f"{entry}.npy")
+        records.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return np.load(f"{entry}.npy", mmap_mode="r", allow_pickle=False)
+
+
+def trim(limit_bytes):
+    """Remove the least recently used entries until the cache holds at most `limit_bytes`."""
+    entries = []
+    for name in os.listdir(folder()):
+        if name.endswith(".json"):
+            entry = os.path.join(folder(), name[:-len(".json")])
+            try:
+                entries.append((os.path.getmtime(f"{entry}.json"), os.path.getsize(f"{entry}.npy"), entry))
+            except OSError:  # removed meanwhile by another run
+                continue
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= limit_bytes:
+            break
+        for path in (f"{entry}.json", f"{entry}.npy"):  # the JSON first: without it the entry is gone
+            if os.path.exists(path):
+                os.unlink(path)
+        total -= size
+
+
+def cached(frozen, images, batches, preprocessing):
+    """The frozen features of `images` from the disk cache, extracted (from `batches`) on a miss:
+    (features as a read-only memory map, "hit" or "miss", seconds spent)."""
+    start = time.perf_counter()
+    entry = os.path.join(folder(), key(frozen, images, preprocessing))
+    features = load(entry)
+    if features is not None:
+        os.utime(f"{entry}.json")  # recently used: the last to be trimmed
+        return features, "hit", time.perf_counter() - start
+    features = extract(frozen, batches, len(images), entry)
+    trim(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
+    return features, "miss", time.perf_counter() - start
