@@ -33,10 +33,11 @@ def record_of(results):
         return json.load(f), os.path.dirname(paths[0])
 
 
-def start_and_stop(mnist_dir, results, phase, sig):
-    """Start a run, wait until `phase` has finished two epochs, send `sig`; returns the finished process."""
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "mnist_transfer.py"), *args(mnist_dir, results)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_and_stop(command, results, phase, sig):
+    """Start `command` (a script and its arguments), wait until `phase` has finished two epochs, send
+    `sig`; returns (exit code, stderr)."""
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         try:
@@ -47,8 +48,8 @@ def start_and_stop(mnist_dir, results, phase, sig):
             pass
         time.sleep(0.02)
     process.send_signal(sig)
-    out, err = process.communicate(timeout=300)
-    return process.returncode, out, err
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
 
 
 def outcome(folder, record):
@@ -58,41 +59,39 @@ def outcome(folder, record):
     return numbers, histories
 
 
-def test_interrupted_and_killed_runs_resume_to_the_uninterrupted_record(mnist_dir, tmp_path):
+def test_a_run_interrupted_then_killed_resumes_to_the_uninterrupted_record(mnist_dir, tmp_path):
     result = run_script("mnist_transfer.py", *args(mnist_dir, tmp_path / "straight"))
     assert result.returncode == 0, result.stderr[-3000:]
     expected = outcome(*reversed(record_of(tmp_path / "straight")))
 
     # SIGINT (Ctrl-C) in the middle of phase "base": status interrupted, the epoch it reached, the command.
-    results = tmp_path / "interrupted"
-    code, _, err = start_and_stop(mnist_dir, results, "base", signal.SIGINT)
+    results = tmp_path / "stopped"
+    script = os.path.join(ROOT, "mnist_transfer.py")
+    code, err = start_and_stop([script, *args(mnist_dir, results)], results, "base", signal.SIGINT)
     record, folder = record_of(results)
     assert code == 130, err[-3000:]
     assert record["status"] == "interrupted" and record["phases"] == {}
     assert record["progress"]["phase"] == "base" and 2 <= record["progress"]["epochs_finished"] < EPOCHS
     command = err.strip().splitlines()[-1]
-    assert command.startswith("resume with: python ") and command.endswith(f"--resume={record['run_id']}")
-    resumed = subprocess.run([sys.executable, *shlex.split(command.removeprefix("resume with: python "))],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming phase base after epoch {record['progress']['epochs_finished']}" in resumed.stdout
-    record, folder = record_of(results)
-    assert record["status"] == "complete" and "progress" not in record
-    assert [r["status_before"] for r in record["resumed"]] == ["interrupted"]
-    assert outcome(folder, record) == expected
-    assert not os.path.exists(os.path.join(folder, "checkpoints"))
+    assert command == f"resume with: python {script} {' '.join(args(mnist_dir, results))} --resume={record['run_id']}"
 
-    # kill -9 in the middle of phase "scratch": the record stays readable, --resume=latest finds the run.
-    results = tmp_path / "killed"
-    code, _, _ = start_and_stop(mnist_dir, results, "scratch", signal.SIGKILL)
+    # Resumed, then killed with kill -9 in the middle of phase "scratch": the record stays readable.
+    code, _ = start_and_stop(shlex.split(command.removeprefix("resume with: python ")), results, "scratch",
+                             signal.SIGKILL)
     record, folder = record_of(results)
-    assert code == -signal.SIGKILL and record["status"] == "running"
-    assert list(record["phases"]) == ["base", "transfer"]
+    assert code == -signal.SIGKILL and record["status"] == "running" and list(record["phases"]) == ["base", "transfer"]
+    assert 2 <= record["progress"]["epochs_finished"] < EPOCHS
+
+    # --resume=latest finds it (its process is gone); base and transfer are restored, scratch goes on.
     resumed = run_script("mnist_transfer.py", *args(mnist_dir, results), "--resume=latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("weights restored, not trained again") == 2  # base and transfer
+    assert resumed.stdout.count("weights restored, not trained again") == 2
+    assert f"resuming phase scratch after epoch {record['progress']['epochs_finished']}" in resumed.stdout
     record, folder = record_of(results)
-    assert record["status"] == "complete" and outcome(folder, record) == expected
+    assert record["status"] == "complete" and "progress" not in record
+    assert [r["status_before"] for r in record["resumed"]] == ["interrupted", "running"]
+    assert outcome(folder, record) == expected
+    assert not os.path.exists(os.path.join(folder, "checkpoints"))
 
 
 def test_resume_is_refused_with_one_line_and_the_record_untouched(mnist_dir, tmp_path):

@@ -259,11 +259,14 @@ class Run:
                 if os.path.exists(self.file(f"history_{name}.csv"))}
 
     def __enter__(self):
-        self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # Both signals end the run as "interrupted". SIGINT explicitly too: a process started in the
+        # background by a non-interactive shell inherits SIGINT ignored, and `kill -INT` must still work.
+        self._previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, kind, error, traceback):
-        signal.signal(signal.SIGTERM, self._previous_sigterm)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         self.record["finished_at"] = now()
         if kind is None:
             self.record["status"] = "complete"

@@ -1,0 +1,242 @@
+"""Benchmarks, measured side by side on this machine, written to BENCHMARKS.md.
+
+    python -m bench                                   # the full benchmarks on the data directory (minutes)
+    python -m bench --data_dir=../shared/datasets --weights=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
+    python -m bench --quick --out=/tmp/BENCH.md       # tiny generated data: checks that every figure is produced
+
+Every comparison is a ratio of two numbers measured in the same `python -m bench` run, one after the other
+on the same data (these machines are noisy: absolute seconds across runs mean little). Per-epoch figures
+are medians over the epochs after the first (which includes graph tracing).
+
+1. Frozen phase, ours vs the published method (MNIST task B, same epochs, batch, seed): the published way
+   fits the whole model with frozen layers; ours runs the frozen layers once, then the head.
+2. Transfer vs base in one full MNIST run (the default constants): transfer seconds / base seconds.
+3. Harness overhead: a steady epoch through `phases.fit` vs a bare `model.fit` on the same arrays, model,
+   batch and seed.
+4. Backbone feature extraction: images per second through our path (decode and resize the folder, the
+   tf.data pipeline with the backbone's preprocessing, the backbone) vs a bare `model.predict` on the same
+   images already decoded and preprocessed in memory.
+5. Time to accuracy, cold start to record: cats vs dogs, frozen phase only, with an empty feature cache.
+Figure 6 of issue 8 (scaling of time and peak memory with the training set) is not implemented yet.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from transferlab import runtime  # noqa: E402  (first: a quiet TensorFlow start)
+from transferlab import backbones, data, feature_cache, folders, models, phases, records  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def run_script(script, args, env=None):
+    """Run a top-level script; (record, wall seconds). A failed run stops the benchmark with its stderr."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{script} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    results_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--results_dir="))
+    newest = max(glob.glob(os.path.join(results_dir, "*", "*", "record.json")), key=os.path.getmtime)
+    with open(newest) as f:
+        return json.load(f), seconds
+
+
+class Run:
+    """The little of a records.Run that phases.fit needs, in a scratch folder."""
+
+    def __init__(self, folder, seed):
+        self.folder, self.seed = folder, seed
+        os.makedirs(folder, exist_ok=True)
+
+    def file(self, name):
+        return os.path.join(self.folder, name)
+
+    def progress(self, phase, epoch):
+        pass
+
+
+def frozen_phase_and_full_run(mnist_dir, work, epochs):
+    """Figures 1 and 2: two runs of mnist_transfer.py with the same seed (so the same base network), the
+    published frozen phase in one and ours in the other."""
+    common = [f"--data_dir={mnist_dir}", f"--epochs={epochs}", "--run_scratch=False", "--seed=42"]
+    published, _ = run_script("mnist_transfer.py", [*common, "--feature_cache=False", f"--results_dir={work}/pub"])
+    ours, wall = run_script("mnist_transfer.py", [*common, f"--results_dir={work}/ours"])
+    p, o = published["phases"]["transfer"], ours["phases"]["transfer"]
+    base = ours["phases"]["base"]
+    frozen = {
+        "figure": "1. Frozen phase: ours vs the published method (MNIST task B)",
+        "published seconds": p["train_seconds"], "ours seconds": o["train_seconds"],
+        "published steady epoch s": p["steady_epoch_seconds"], "ours steady epoch s": o["steady_epoch_seconds"],
+        "published test acc": p["test_accuracy"], "ours test acc": o["test_accuracy"],
+        "speed-up (published / ours)": p["train_seconds"] / o["train_seconds"],
+        "accuracy difference (points)": 100 * (o["test_accuracy"] - p["test_accuracy"]),
+        "target": ">= 10x faster, accuracy within 0.1 point",
+    }
+    frozen["met"] = frozen["speed-up (published / ours)"] >= 10 and abs(frozen["accuracy difference (points)"]) <= 0.1
+    full = {
+        "figure": "2. Transfer vs base in one full MNIST run",
+        "base seconds": base["train_seconds"], "transfer seconds": o["train_seconds"],
+        "transfer / base": o["train_seconds"] / base["train_seconds"], "task B test acc": o["test_accuracy"],
+        "wall seconds (cold start to record, no scratch)": wall,
+        "target": "transfer / base <= 0.03 at task B accuracy >= 99.5%",
+    }
+    full["met"] = full["transfer / base"] <= 0.03 and o["test_accuracy"] >= 0.995
+    return frozen, full
+
+
+def harness_overhead(x, y, work, epochs, batch_size):
+    """Figure 3: the same CNN, data, batch and seed through phases.fit and through a bare model.fit."""
+    def cnn():
+        keras.utils.set_random_seed(0)
+        return models.stack(x.shape[1:], [keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+                                          keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
+                                          keras.layers.Dense(int(y.max()) + 1, activation="softmax")], name="cnn")
+
+    ours = phases.fit(Run(os.path.join(work, "harness"), 0), "base", cnn(), x, y, epochs=epochs,
+                      batch_size=batch_size, learning_rate=1e-3)
+    bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), phases.EpochTimer()
+    bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
+    ours_epoch, bare_epoch = statistics.median(ours.epoch_seconds[1:]), statistics.median(bare_timer.epoch_seconds[1:])
+    result = {
+        "figure": "3. Harness overhead (steady epoch, phases.fit vs bare model.fit)",
+        "samples": len(x), "epochs": epochs, "bare steady epoch s": bare_epoch, "ours steady epoch s": ours_epoch,
+        "bare / ours": bare_epoch / ours_epoch, "target": ">= 0.97",
+    }
+    result["met"] = result["bare / ours"] >= 0.97
+    return result
+
+
+def backbone_extraction(folder, weights, image_size, batch_size):
+    """Figure 4: images per second, our whole path vs bare predict on images decoded and preprocessed."""
+    backbone, _ = backbones.load("MobileNetV2", image_size, weights)
+    frozen = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
+    preprocess = backbones.preprocess_function("MobileNetV2")
+    frozen.predict(np.zeros((batch_size, image_size, image_size, 3), np.float32), verbose=0)  # trace once, for both
+    start = time.perf_counter()
+    (x, y), (xv, yv), _ = folders.load(folder, image_size, 0.2, seed=0)
+    x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
+    batches = backbones.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        feature_cache.extract(frozen, batches, len(x), os.path.join(tmp, "entry"))
+    ours = time.perf_counter() - start
+    ready = preprocess(x.astype(np.float32))
+    start = time.perf_counter()
+    frozen.predict(ready, batch_size=batch_size, verbose=0)
+    bare = time.perf_counter() - start
+    result = {
+        "figure": f"4. Backbone feature extraction (MobileNetV2, {image_size} px, {len(x)} images)",
+        "bare images/s (decoded, preprocessed, in memory)": len(x) / bare,
+        "ours images/s (decode, resize, pipeline, backbone)": len(x) / ours,
+        "ours / bare": bare / ours, "target": ">= 0.9",
+    }
+    result["met"] = result["ours / bare"] >= 0.9
+    return result
+
+
+def time_to_accuracy(data_dir, weights, work, extra):
+    """Figure 5: cats vs dogs from a cold start (empty feature cache) to a record, frozen phase only."""
+    record, wall = run_script("mobilenet_transfer.py", [f"--data_dir={data_dir}", f"--weights={weights}",
+                                                        "--fine_tune_epochs=0", "--run_scratch=False",
+                                                        f"--results_dir={work}/tta", *extra],
+                              env={data.CACHE_DIR_ENV: os.path.join(work, "empty_cache")})
+    transfer = record["phases"]["transfer"]
+    result = {
+        "figure": "5. Time to accuracy: cats vs dogs, frozen phase, cold start to record",
+        "wall seconds": wall, "val acc": transfer["val_accuracy"], "feature cache": transfer["feature_cache"],
+        "target": ">= 97% validation accuracy in <= 60 s",
+    }
+    result["met"] = transfer["val_accuracy"] >= 0.97 and wall <= 60
+    return result
+
+
+def quick_data(work):
+    """Tiny generated data for --quick: an mnist.npz and a two-class image folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(work, exist_ok=True)
+    y = np.repeat(np.arange(10), 30).astype(np.uint8)
+    x = rng.integers(0, 50, size=(len(y), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(y):
+        x[i, 2 + 2 * label:5 + 2 * label, 4:24] = 255  # a bar whose height says the class
+    np.savez(os.path.join(work, "mnist.npz"), x_train=x, y_train=y, x_test=x[::3], y_test=y[::3])
+    for split, count in (("train", 12), ("validation", 4)):
+        for c, colour in enumerate(((220, 40, 40), (40, 200, 60))):
+            os.makedirs(os.path.join(work, "folder", split, f"class_{c}"), exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, size=(40, 40, 3), dtype=np.uint8)
+                pixels[8:30, 8:30] = colour
+                Image.fromarray(pixels).save(os.path.join(work, "folder", split, f"class_{c}", f"{i}.png"))
+    return work, os.path.join(work, "folder")
+
+
+def markdown(figures, environment, command):
+    lines = ["# Benchmarks", "", f"Measured with `{command}` on {environment['cpu_model']} "
+             f"({environment['cpu_count']} cores, {environment['gpus']} GPUs), TensorFlow {environment['tensorflow']}, "
+             f"Keras {environment['keras']}, git {environment['git_commit']}.", ""]
+    for figure in figures:
+        lines += [f"## {figure['figure']}", "", "| measure | value |", "| --- | --- |"]
+        for name, value in figure.items():
+            if name != "figure":
+                shown = f"{value:.4g}" if isinstance(value, float) else ("yes" if value is True else
+                                                                           "no" if value is False else str(value))
+                lines.append(f"| {name} | {shown} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny generated data: a smoke test, not timed")
+    parser.add_argument("--data_dir", default=os.environ.get(data.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared",
+                                                                                            "datasets")))
+    parser.add_argument("--weights", default=os.path.join(ROOT, "..", "shared", "weights",
+                                                          "mobilenet_v2_1.0_224_no_top.weights.h5"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="transferlab-bench-")
+    runtime.seed_everything(0)
+    if args.quick:
+        mnist_dir, folder = quick_data(os.path.join(work, "data"))
+        weights, image_size, epochs, extra = "None", 32, 2, ["--image_size=32", "--epochs=2", "--head=8"]
+        (x, y), _ = data.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
+        x, y = data.scale_images(x), y
+    else:
+        mnist_dir, folder = args.data_dir, folders.find(args.data_dir)
+        weights, image_size, epochs, extra = args.weights, 160, 10, []
+        (x, y), _ = data.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
+        x, y = data.scale_images(x[:12000]), y[:12000]
+    figures = []
+    print("figures 1-2: two MNIST runs ...", flush=True)
+    figures += frozen_phase_and_full_run(mnist_dir, work, epochs)
+    print("figure 3: harness overhead ...", flush=True)
+    figures.append(harness_overhead(x, y, work, epochs=4 if not args.quick else 3, batch_size=32))
+    print("figure 4: backbone feature extraction ...", flush=True)
+    figures.append(backbone_extraction(folder, None if weights == "None" else weights, image_size, batch_size=32))
+    print("figure 5: time to accuracy ...", flush=True)
+    figures.append(time_to_accuracy(folder if args.quick else args.data_dir, weights, work, extra))
+    text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
+    records.write_json(args.out + ".json", figures)
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(text)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`python -m bench --quick`: every figure is produced and well-formed (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+FIGURES = {
+    "1. Frozen phase": {"published seconds", "ours seconds", "speed-up (published / ours)",
+                        "accuracy difference (points)", "met"},
+    "2. Transfer vs base": {"base seconds", "transfer seconds", "transfer / base", "task B test acc", "met"},
+    "3. Harness overhead": {"bare steady epoch s", "ours steady epoch s", "bare / ours", "met"},
+    "4. Backbone feature extraction": {"ours / bare", "met"},
+    "5. Time to accuracy": {"wall seconds", "val acc", "feature cache", "met"},
+}
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", f"--out={out}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "BENCHMARKS.md.json").read_text())
+    assert len(figures) == len(FIGURES)
+    for figure, (title, expected) in zip(figures, FIGURES.items(), strict=True):
+        assert figure["figure"].startswith(title) and expected <= set(figure), figure
+        assert isinstance(figure["met"], bool) and isinstance(figure["target"], str)
+        for name, value in figure.items():
+            if isinstance(value, float):
+                assert value == value and value >= 0 or name == "accuracy difference (points)", (name, value)
+    assert figures[4]["feature cache"] == "miss"  # a cold start: the cache was empty
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and text.count("\n## ") == 5 and "Measured with `python -m bench" in text
