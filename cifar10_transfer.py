@@ -30,6 +30,7 @@ LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, a
 VALIDATION_FRACTION = 0.2  # share of each task's training images held out for validation, as published
 SEED = 42  # one seed for Python, numpy, TensorFlow and the train/validation shuffle
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
+TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
@@ -42,6 +43,8 @@ CONFIG = config.configure(globals(), sys.argv[1:])
 # 1. Check the constants before any work, so a typo costs a second, not a training run.
 config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
                       LEARNING_RATE=LEARNING_RATE)
+config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
+             f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 config.check(0 < VALIDATION_FRACTION < 1, f"--validation_fraction must be in (0, 1), got {VALIDATION_FRACTION}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
 resumed = records.find_resumable(RESULTS_DIR, "cifar10", RESUME, CONFIG)
@@ -59,6 +62,8 @@ tasks = {}
 for task, classes in (("a", TASK_A_CLASSES), ("b", TASK_B_CLASSES)):
     x, y = data.split_task(x_train, y_train, classes)
     train, validation = data.train_validation_split(x, y, VALIDATION_FRACTION, SEED)
+    if task == "b" and TASK_B_SAMPLES_PER_CLASS is not None:  # fewer training images; validation, test whole
+        train = data.take_per_class(*train, TASK_B_SAMPLES_PER_CLASS, SEED)
     test = data.split_task(x_test, y_test, classes)
     for split, (x, y) in (("train", train), ("validation", validation), ("test", test)):
         config.check(len(x) > 0, f"task {task.upper()} {split} is empty: no images of classes {classes}")

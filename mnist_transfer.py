@@ -27,6 +27,7 @@ HEAD_BATCH_SIZE = 256  # batch size for the head on cached features (README: few
 LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
 SEED = 42  # one seed for Python, numpy and TensorFlow
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
+TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
@@ -39,6 +40,8 @@ CONFIG = config.configure(globals(), sys.argv[1:])
 # 1. Check the constants before any work, so a typo costs a second, not a training run.
 config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
                       LEARNING_RATE=LEARNING_RATE)
+config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
+             f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
 resumed = records.find_resumable(RESULTS_DIR, "mnist", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
@@ -52,6 +55,8 @@ runtime.seed_everything(SEED, DETERMINISTIC)
 xa_train, ya_train = data.split_task(x_train, y_train, TASK_A_CLASSES)
 xa_test, ya_test = data.split_task(x_test, y_test, TASK_A_CLASSES)
 xb_train, yb_train = data.split_task(x_train, y_train, TASK_B_CLASSES)
+if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller task B training set, the same for the same seed
+    xb_train, yb_train = data.take_per_class(xb_train, yb_train, TASK_B_SAMPLES_PER_CLASS, SEED)
 xb_test, yb_test = data.split_task(x_test, y_test, TASK_B_CLASSES)
 for name, x in (("task A train", xa_train), ("task A test", xa_test), ("task B train", xb_train),
                 ("task B test", xb_test)):

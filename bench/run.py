@@ -83,9 +83,9 @@ def frozen_phase_and_full_run(mnist_dir, work, epochs):
         "published test acc": p["test_accuracy"], "ours test acc": o["test_accuracy"],
         "speed-up (published / ours)": p["train_seconds"] / o["train_seconds"],
         "accuracy difference (points)": 100 * (o["test_accuracy"] - p["test_accuracy"]),
-        "target": ">= 10x faster, accuracy within 0.1 point",
+        "target": ">= 10x faster, test accuracy not more than 0.1 point below the published method's",
     }
-    frozen["met"] = frozen["speed-up (published / ours)"] >= 10 and abs(frozen["accuracy difference (points)"]) <= 0.1
+    frozen["met"] = frozen["speed-up (published / ours)"] >= 10 and frozen["accuracy difference (points)"] >= -0.1
     full = {
         "figure": "2. Transfer vs base in one full MNIST run",
         "base seconds": base["train_seconds"], "transfer seconds": o["train_seconds"],

@@ -275,6 +275,20 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
     return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def take_per_class(x, y, per_class, seed):
+    """`per_class` samples of every label in `y`, chosen with the seed (stratified), in their original
+    order: the data-efficiency studies' smaller training sets. The same seed takes the same samples."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(y):
+        where = np.flatnonzero(y == label)
+        check(len(where) >= per_class, f"--task_b_samples_per_class={per_class}: class {label} has only "
+                                       f"{len(where)} training samples")
+        keep.append(rng.choice(where, per_class, replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return x[keep], y[keep]
+
+
 def split_task(x, y, classes):
     """The samples whose label is in `classes`, with labels remapped to 0..len(classes)-1 in that order.
 

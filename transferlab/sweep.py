@@ -1,0 +1,135 @@
+"""Run one experiment script over a grid of constants and seeds, then compare exactly those runs.
+
+    python -m transferlab.sweep SCRIPT.py --vary=NAME=V1,V2,... [--vary=...] [--seeds=3] [--name=value ...]
+
+Every combination of the varied constants runs once per seed (SEED = 0, 1, ...), one after another, each
+as its own run of the script with its own record, in `RESULTS_DIR/sweeps/<sweep id>/` (the id is a hash of
+the script and the arguments, so the same command finds the same folder). A run that fails is recorded by
+the script and reported here, and the sweep goes on. Running the same command again skips the runs already
+complete: an interrupted sweep finishes where it stopped. At the end: the compare table of the sweep's runs
+(grouped over seeds: mean ± std), and `sweep.png`, accuracy per phase against the first varied constant.
+"""
+
+import argparse
+import ast
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+from transferlab import compare
+
+
+def parse_vary(text):
+    """"NAME=V1,V2" -> ("NAME", ["V1", "V2"]): values stay text, the script parses them as overrides."""
+    name, _, values = text.partition("=")
+    if not name or not values:
+        raise SystemExit(f"error: --vary={text}: expected NAME=V1,V2,...")
+    return name.upper(), [v for v in values.split(",") if v]
+
+
+def sweep_folder(results_dir, script, argv):
+    digest = hashlib.sha256(json.dumps([os.path.basename(script), sorted(argv)]).encode()).hexdigest()[:12]
+    return os.path.join(results_dir, "sweeps", f"{os.path.splitext(os.path.basename(script))[0]}-{digest}")
+
+
+def complete_runs(folder):
+    """The records of the complete runs already in `folder`."""
+    records, _ = compare.find_records([folder]) if os.path.isdir(folder) else ([], [])
+    return [r for r in records if r["status"] == "complete"]
+
+
+def matches(record, overrides):
+    """Did this record run with these overrides? Compared as the script parsed them (its config)."""
+    config = {k.upper(): v for k, v in record["config"].items()}
+    return all(_same(config.get(name), text) for name, text in overrides)
+
+
+def _same(value, text):
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        parsed = text
+    if isinstance(value, list) and not isinstance(parsed, list):
+        parsed = [parsed] if not isinstance(parsed, tuple) else list(parsed)
+    return value == parsed or str(value) == text
+
+
+def plot(records, varied, path):
+    """Accuracy per phase (test, else validation) against the first varied constant: mean over seeds
+    with a band of ± std, on a log x axis when the values are numbers spanning more than a factor of 20."""
+    from transferlab import plots
+
+    columns, rows = compare.build_table(records)
+    name = varied[0]
+    fig, ax = plots.plt.subplots(figsize=(7, 4.5))
+    phases = [c.split(".")[0] for c in columns if c.endswith(".accuracy")]
+    for phase in phases:
+        points = sorted((row[name], row[f"{phase}.accuracy"]) for row in rows
+                        if isinstance(row.get(f"{phase}.accuracy"), tuple) and row[f"{phase}.accuracy"][2]
+                        and isinstance(row.get(name), (int, float)))
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        means = [100 * s[0] for _, s in points]
+        stds = [100 * s[1] for _, s in points]
+        ax.plot(xs, means, marker="o", label=phase)
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                        [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
+        if min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+    ax.set_xlabel(name.lower())
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    plots.save(fig, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m transferlab.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("script")
+    parser.add_argument("--vary", action="append", default=[], help="NAME=V1,V2,... (repeatable)")
+    parser.add_argument("--seeds", type=int, default=3)
+    args, passed = parser.parse_known_args(argv)
+    if not os.path.isfile(args.script):
+        raise SystemExit(f"error: no script {args.script!r}")
+    if not args.vary or args.seeds < 1:
+        raise SystemExit("error: give at least one --vary=NAME=V1,V2,... and --seeds >= 1")
+    varied = dict(parse_vary(v) for v in args.vary)
+    results_dir = next((a.split("=", 1)[1] for a in passed if a.startswith("--results_dir=")), "results")
+    passed = [a for a in passed if not a.startswith(("--results_dir=", "--seed="))]
+    folder = sweep_folder(results_dir, args.script, [*args.vary, f"--seeds={args.seeds}", *passed])
+    grid = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
+    runs = [(combination, seed) for combination in grid for seed in range(args.seeds)]
+    print(f"sweep of {len(runs)} runs ({len(grid)} combinations x {args.seeds} seeds) in {folder}")
+    failed = []
+    for i, (combination, seed) in enumerate(runs, 1):
+        overrides = [*combination.items(), ("SEED", str(seed))]
+        flags = [f"--{name.lower()}={value}" for name, value in overrides]
+        label = " ".join(flags)
+        if any(matches(r, overrides) for r in complete_runs(folder)):
+            print(f"[{i}/{len(runs)}] {label}: complete already, skipped")
+            continue
+        print(f"[{i}/{len(runs)}] {label} ...", flush=True)
+        result = subprocess.run([sys.executable, args.script, *passed, *flags, f"--results_dir={folder}"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            failed.append((label, reason))
+            print(f"[{i}/{len(runs)}] {label}: FAILED (exit {result.returncode}): {reason}")
+    records = [r for r in complete_runs(folder) if any(matches(r, [*c.items(), ("SEED", str(s))]) for c, s in runs)]
+    if records:
+        columns, rows = compare.build_table(records)
+        print(compare.format_text(columns, rows))
+        plot(records, list(varied), os.path.join(folder, "sweep.png"))
+        print(f"plot: {os.path.join(folder, 'sweep.png')}")
+    for label, reason in failed:
+        print(f"failed: {label}: {reason}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
