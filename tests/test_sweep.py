@@ -51,6 +51,7 @@ def test_sweep_runs_each_combination_skips_complete_runs_and_reports_failures(mn
         assert record["data"]["samples"]["task_b_train"] == 3 * record["config"]["TASK_B_SAMPLES_PER_CLASS"]
     (folder,) = glob.glob(str(results / "sweeps" / "mnist_transfer-*"))
     assert os.path.getsize(os.path.join(folder, "sweep.png")) > 10_000
+    assert f"plot: {os.path.join(folder, 'sweep.png')} (points: base 2, transfer 2)" in first.stdout
     assert "transfer acc" in first.stdout  # the compare table of the sweep's runs
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

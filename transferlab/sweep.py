@@ -59,17 +59,19 @@ def _same(value, text):
 
 def plot(records, varied, path):
     """Accuracy per phase (test, else validation) against the first varied constant: mean over seeds
-    with a band of ± std, on a log x axis when the values are numbers spanning more than a factor of 20."""
+    with a band of ± std, on a log x axis when the values are numbers spanning more than a factor of 20.
+    Returns {phase: number of points plotted}; non-numeric values (None: all samples) are left out."""
     from transferlab import plots
 
     columns, rows = compare.build_table(records)
-    name = varied[0]
+    column = varied[0].lower()  # the compare table keeps a constant's value as JSON text
     fig, ax = plots.plt.subplots(figsize=(7, 4.5))
-    phases = [c.split(".")[0] for c in columns if c.endswith(".accuracy")]
-    for phase in phases:
-        points = sorted((row[name], row[f"{phase}.accuracy"]) for row in rows
-                        if isinstance(row.get(f"{phase}.accuracy"), tuple) and row[f"{phase}.accuracy"][2]
-                        and isinstance(row.get(name), (int, float)))
+    plotted = {}
+    for phase in [c.split(".")[0] for c in columns if c.endswith(".accuracy")]:
+        points = sorted((json.loads(row[column]), row[f"{phase}.accuracy"]) for row in rows
+                        if column in row and row[f"{phase}.accuracy"][2]
+                        and isinstance(json.loads(row[column]), (int, float)))
+        plotted[phase] = len(points)
         if not points:
             continue
         xs = [x for x, _ in points]
@@ -80,12 +82,14 @@ def plot(records, varied, path):
                         [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-    ax.set_xlabel(name.lower())
+    ax.set_xlabel(column)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if any(plotted.values()):
+        ax.legend()
     fig.tight_layout()
     plots.save(fig, path)
+    return plotted
 
 
 def main(argv=None):
@@ -124,8 +128,9 @@ def main(argv=None):
     if records:
         columns, rows = compare.build_table(records)
         print(compare.format_text(columns, rows))
-        plot(records, list(varied), os.path.join(folder, "sweep.png"))
-        print(f"plot: {os.path.join(folder, 'sweep.png')}")
+        plotted = plot(records, list(varied), os.path.join(folder, "sweep.png"))
+        print(f"plot: {os.path.join(folder, 'sweep.png')} (points: "
+              + ", ".join(f"{phase} {n}" for phase, n in plotted.items()) + ")")
     for label, reason in failed:
         print(f"failed: {label}: {reason}")
     return 1 if failed else 0
