@@ -15,7 +15,6 @@ exist. On a hit the checksum is verified; a damaged entry is discarded with a wa
 import hashlib
 import json
 import os
-import secrets
 import time
 
 import numpy as np
@@ -94,8 +93,7 @@ def extract(frozen, batches, count, entry):
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
     them as a read-only memory map."""
     os.makedirs(os.path.dirname(entry), exist_ok=True)
-    tmp = f"{entry}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npy"
-    try:
+    with records.replacing(f"{entry}.npy") as tmp:
         out, done = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
@@ -110,11 +108,7 @@ def extract(frozen, batches, count, entry):
         shape = list(out.shape)
         del out  # close the memory map before renaming the file
         checksum = file_sha256(tmp)
-        os.replace(tmp, f"{entry}.npy")
-        records.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    records.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
     return np.load(f"{entry}.npy", mmap_mode="r", allow_pickle=False)
 
 

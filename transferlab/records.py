@@ -1,5 +1,6 @@
 """Run records: one folder per run under results/<experiment>/<run_id>/ with record.json written atomically."""
 
+import contextlib
 import csv
 import datetime
 import json
@@ -16,15 +17,25 @@ from transferlab.config import UserError
 RECORD = "record.json"
 
 
-def write_json(path, obj):
-    """Write JSON to a temporary file in the same folder, then rename it over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+@contextlib.contextmanager
+def replacing(path):
+    """Yield a temporary path beside `path` to write to; on success it is renamed over `path`, on any
+    failure removed. A crash at any moment leaves either the old file or the new one, never half of one.
+    The temporary name keeps `path`'s file name at its end (Keras insists on ".weights.h5")."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    tmp = os.path.join(folder, f".{os.getpid()}.{secrets.token_hex(4)}.tmp.{name}")
     try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    """Write JSON to a temporary file in the same folder, fsync it, then rename it over `path`."""
+    with replacing(path) as tmp:
         # O_EXCL: never write into someone else's file; mode 0o666 less the umask, like any new file.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -32,11 +43,6 @@ def write_json(path, obj):
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def now():
@@ -74,16 +80,9 @@ def check_writable(folder):
 
 
 def save_weights(model, path):
-    """`model.save_weights(path)` under a temporary name, then renamed: a kill leaves no half file."""
-    folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f".{os.getpid()}.{secrets.token_hex(4)}.{name}")  # Keras wants .weights.h5
-    try:
+    """`model.save_weights(path)`, atomically (see `replacing`)."""
+    with replacing(path) as tmp:
         model.save_weights(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_history(path):
@@ -104,10 +103,8 @@ def truncate_history(path, epochs):
         return
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) < epochs])
-    os.replace(tmp, path)
 
 
 def _process_alive(record):
