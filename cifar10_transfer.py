@@ -15,7 +15,7 @@ labels 5-9 are remapped to 0-4 for a 5-way head (the published head had 10 outpu
 import sys
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, data, models, phases, plots, records
+from transferlab import config, data, distribute, models, phases, plots, records
 
 import keras
 
@@ -35,6 +35,9 @@ RUN_SCRATCH = True  # train the same network from random init on task B: what di
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with cifar10.npz or cifar10/train/<class>/; None: $TRANSFER_DATA_DIR
+DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
+TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/cifar10/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
@@ -47,7 +50,9 @@ config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
              f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 config.check(0 < VALIDATION_FRACTION < 1, f"--validation_fraction must be in (0, 1), got {VALIDATION_FRACTION}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
-resumed = records.find_resumable(RESULTS_DIR, "cifar10", RESUME, CONFIG)
+strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
+results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
+resumed = records.find_resumable(results_dir, "cifar10", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
@@ -92,7 +97,7 @@ def head(num_classes):
     return [
         keras.layers.Dropout(0.42),
         keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dense(num_classes, activation="softmax"),
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),  # float32 under mixed precision
     ]
 
 
@@ -107,7 +112,9 @@ def evaluate(model, task):
 
 
 IMAGE = (32, 32, 3)
-with records.Run(RESULTS_DIR, "cifar10", CONFIG, runtime.environment(), source, resumed=resumed) as run:
+with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source, resumed=resumed,
+                  distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
+      strategy.scope()):  # models built in here are placed and replicated by the strategy
     print(f"run {run.run_id}: {run.dir}")
 
     # 4. Phase "base": feature layers and head learn task A from random init. Each phase saves its

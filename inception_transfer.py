@@ -14,7 +14,7 @@ import functools
 import sys
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, folders, models, phases, plots, records
+from transferlab import backbones, config, data, distribute, folders, models, phases, plots, records
 
 import keras
 
@@ -43,6 +43,9 @@ SCRATCH_EPOCHS = 20  # epochs of phase "scratch"
 BATCHNORM_MOMENTUM = 0.9  # for the BatchNormalization of the scratch network; Keras's 0.99 lags for few epochs
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
 DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
+DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
+TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/inception/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
@@ -56,10 +59,13 @@ config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs 
 config.check(0 <= DROPOUT < 1, f"--dropout={DROPOUT}: must be in [0, 1)")
 config.check(0 < STOP_AT_VAL_ACCURACY <= 1, f"--stop_at_val_accuracy={STOP_AT_VAL_ACCURACY}: must be in (0, 1]")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
-resumed = records.find_resumable(RESULTS_DIR, "inception", RESUME, CONFIG)
+strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
+results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
+resumed = records.find_resumable(results_dir, "inception", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
-backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
-backbone = backbones.cut(backbone, CUT_LAYER)
+with strategy.scope():  # its weights are variables: under a strategy they must be created inside its scope
+    backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
+    backbone = backbones.cut(backbone, CUT_LAYER)
 backbone_info.update(cut_layer=CUT_LAYER, layers=len(backbone.layers))
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
@@ -126,8 +132,10 @@ IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 if WEIGHTS is None:
     print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
           "means nothing (the record says weights: random)")
-with records.Run(RESULTS_DIR, "inception", CONFIG, runtime.environment(), source, resumed=resumed,
-                 backbone=backbone_info) as run:
+with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), source, resumed=resumed,
+                  backbone=backbone_info, distribute=distribute.describe(strategy, BATCH_SIZE),
+                  tensorboard=TENSORBOARD) as run,
+      strategy.scope()):  # models built in here are placed and replicated by the strategy
     print(f"run {run.run_id}: {run.dir}")
 
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, with augmentation

@@ -13,7 +13,7 @@ had: the same network trained from scratch on digits 7-9 for the same epochs.
 import sys
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, data, models, phases, plots, records
+from transferlab import config, data, distribute, models, phases, plots, records
 
 import keras
 
@@ -32,6 +32,9 @@ RUN_SCRATCH = True  # train the same network from random init on task B: what di
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with mnist.npz or mnist/train/<digit>/; None: $TRANSFER_DATA_DIR
+DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
+TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mnist/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
@@ -43,7 +46,9 @@ config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD
 config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
              f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, num_classes=10)
-resumed = records.find_resumable(RESULTS_DIR, "mnist", RESUME, CONFIG)
+strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
+results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
+resumed = records.find_resumable(results_dir, "mnist", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
 
 # 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download;
@@ -87,7 +92,7 @@ def dense_head(width, dropout, num_classes):
         keras.layers.Dense(width, activation="relu"),
         keras.layers.Dropout(dropout),
         keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(num_classes, activation="softmax"),
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32"),  # float32 under mixed precision
     ]
 
 
@@ -105,7 +110,9 @@ def augmentation():
 
 
 IMAGE = (28, 28, 1)
-with records.Run(RESULTS_DIR, "mnist", CONFIG, runtime.environment(), source, resumed=resumed) as run:
+with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, resumed=resumed,
+                  distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
+      strategy.scope()):  # models built in here are placed and replicated by the strategy
     print(f"run {run.run_id}: {run.dir}")
 
     # 4. Phase "base": feature layers and head A learn task A from random init. Each phase saves its

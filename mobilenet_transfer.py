@@ -17,7 +17,7 @@ import functools
 import sys
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, folders, models, phases, plots, records
+from transferlab import backbones, config, data, distribute, folders, models, phases, plots, records
 
 import keras
 import numpy as np
@@ -47,6 +47,9 @@ RUN_SCRATCH = True  # train the same network from random init: what did the Imag
 SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
 DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
+DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
+TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mobilenet/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
@@ -78,9 +81,12 @@ config.check(0 < VALIDATION_SPLIT < 1, f"--validation_split={VALIDATION_SPLIT}: 
 config.check(BATCHNORM_MOMENTUM < 1, f"--batchnorm_momentum={BATCHNORM_MOMENTUM}: must be in (0, 1)")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
-resumed = records.find_resumable(RESULTS_DIR, "mobilenet", RESUME, CONFIG)
+strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
+results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
+resumed = records.find_resumable(results_dir, "mobilenet", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
-backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
+with strategy.scope():  # its weights are variables: under a strategy they must be created inside its scope
+    backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
 # 2. Data as uint8 images at the input size, decoded once: an image folder, or MNIST's digits as RGB.
@@ -131,8 +137,10 @@ def new_head():
 
 
 IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-with records.Run(RESULTS_DIR, "mobilenet", CONFIG, runtime.environment(), source, resumed=resumed,
-                 backbone=backbone_info) as run:
+with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), source, resumed=resumed,
+                  backbone=backbone_info, distribute=distribute.describe(strategy, BATCH_SIZE),
+                  tensorboard=TENSORBOARD) as run,
+      strategy.scope()):  # models built in here are placed and replicated by the strategy
     print(f"run {run.run_id}: {run.dir}")
 
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns. Each phase

@@ -57,6 +57,8 @@ def run_script(script, args, env=None):
 class Run:
     """The little of a records.Run that phases.fit needs, in a scratch folder."""
 
+    tensorboard = True  # as the scripts run by default: its cost is part of the harness
+
     def __init__(self, folder, seed):
         self.folder, self.seed = folder, seed
         os.makedirs(folder, exist_ok=True)

@@ -70,7 +70,9 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     # Each finished phase leaves its weights (for a resumed run); no checkpoints remain.
     assert sorted(os.listdir(folder)) == ["base.weights.h5", "history_base.csv", "history_scratch.csv",
                                           "history_transfer.csv", "learning_curves.png", "record.json",
-                                          "scratch.weights.h5", "transfer.weights.h5"]
+                                          "scratch.weights.h5", "tensorboard", "transfer.weights.h5"]
+    for name in ("base", "transfer", "scratch"):  # TENSORBOARD is on by default: logs per phase, for training
+        assert glob.glob(os.path.join(folder, "tensorboard", name, "train", "events.out.tfevents.*")), name
     assert f"record: {os.path.join(folder, 'record.json')}" in result.stdout
     for name in ("base", "transfer", "scratch"):
         assert f"\n{name} " in result.stdout  # the summary table

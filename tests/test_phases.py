@@ -8,6 +8,8 @@ from transferlab import models, phases
 class FakeRun:
     """What phases.fit needs of a records.Run: the seed, files in the run folder, progress notes."""
 
+    tensorboard = False
+
     def __init__(self, folder, seed=0):
         self.folder, self.seed, self.notes = folder, seed, []
 

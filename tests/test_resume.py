@@ -153,6 +153,8 @@ def test_resume_command_replaces_any_resume_flag():
 class Run:
     """What phases.fit needs of a records.Run."""
 
+    tensorboard = False
+
     def __init__(self, folder):
         self.folder, self.seed = folder, 3
         folder.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
-from transferlab import data
+from transferlab import data, distribute
 from transferlab.config import UserError, check
 
 APPLICATIONS = {
@@ -134,12 +134,13 @@ def unfreeze(backbone, start, batchnorm_momentum=None):
 
 def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentation=None):
     """A tf.data pipeline over uint8 images in memory, batched, through the backbone's `preprocess`
-    exactly once, overlapped with the model's work by prefetch.
+    exactly once, overlapped with the model's work by prefetch. `batch_size` is per replica.
 
     For evaluation (`first_epoch` None) the images keep their order. For training, from epoch
     `first_epoch` on, every epoch comes in its own seeded order (data.epoch_batches: the same order
     whether or not the run was resumed) and is augmented when an `augmentation` model is given.
     """
+    batch_size = distribute.global_batch(batch_size)
     if first_epoch is None:
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     else:
@@ -149,4 +150,4 @@ def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentati
                                                           labels), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return distribute.sharded(dataset.prefetch(tf.data.AUTOTUNE))

@@ -18,6 +18,7 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from transferlab import data, records
 
@@ -32,9 +33,10 @@ def folder():
 
 def key(frozen, images, preprocessing):
     """The cache key: a sha256 of the frozen model's layers (class, output shape, weights), the images
-    (their bytes and shape, as they enter the pipeline) and the name of the preprocessing applied."""
+    (their bytes and shape, as they enter the pipeline), the name of the preprocessing applied and the
+    float policy the layers compute in (mixed precision gives other features)."""
     digest = hashlib.sha256()
-    digest.update(f"{preprocessing}\n{images.shape}\n{images.dtype}\n".encode())
+    digest.update(f"{preprocessing}\n{images.shape}\n{images.dtype}\n{frozen.dtype_policy.name}\n".encode())
     for layer in _all_layers(frozen):
         digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
         for weight in layer.weights:
@@ -97,7 +99,11 @@ def extract(frozen, batches, count, entry):
         out, done = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
-            result = np.asarray(frozen.predict_on_batch(images), dtype=np.float32)  # inference mode
+            if tf.distribute.has_strategy():  # there predict_on_batch gives every replica the whole batch
+                result = frozen.predict(images, batch_size=len(images), verbose=0)  # (Keras 3.15)
+            else:
+                result = frozen.predict_on_batch(images)  # inference mode, without predict's per-call set-up
+            result = np.asarray(result, dtype=np.float32)
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *result.shape[1:]))
             out[done:done + len(result)] = result

@@ -16,10 +16,11 @@ def stack(input_shape, parts, name):
 
 
 def output_layer(num_classes):
-    """Two classes: one sigmoid unit (binary cross-entropy); more: a softmax over them."""
+    """Two classes: one sigmoid unit (binary cross-entropy); more: a softmax over them. Always float32,
+    also under mixed precision: a float16 softmax rounds small probabilities to 0 and the loss to inf."""
     if num_classes == 2:
-        return keras.layers.Dense(1, activation="sigmoid")
-    return keras.layers.Dense(num_classes, activation="softmax")
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32")
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32")
 
 
 def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="adam"):

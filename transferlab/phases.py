@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, feature_cache, models, records
+from transferlab import data, distribute, feature_cache, models, records
 
 
 # Progress bars on a terminal; one line per epoch when output goes to a file or a CI log.
@@ -115,6 +115,8 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     pipeline that does the same plus a backbone's preprocessing (backbones.pipeline).
     Returns the phase's EpochTimer, with the history of every epoch.
     """
+    if tf.distribute.has_strategy():  # Keras 3.15 fails to run several steps per call under a tf.distribute
+        steps_per_execution = 1       # strategy ("You must feed a value for placeholder"), so one per call
     models.compile_classifier(model, learning_rate, steps_per_execution, optimizer)
     end = initial_epoch + epochs
     state = restore_checkpoint(run, phase, model)
@@ -125,9 +127,11 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         timer = EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
         initial_epoch = state["epochs_finished"]
         records.truncate_history(history_csv, initial_epoch)  # drop any epoch logged after the checkpoint
-    if feed is None:
-        train = data.epoch_batches(x, y, batch_size, run.seed, initial_epoch).prefetch(tf.data.AUTOTUNE)
-        validation = validation_data and tf.data.Dataset.from_tensor_slices(validation_data).batch(batch_size)
+    if feed is None:  # batch_size is per replica; one step takes a batch for each
+        batch = distribute.global_batch(batch_size)
+        train = data.epoch_batches(x, y, batch, run.seed, initial_epoch).prefetch(tf.data.AUTOTUNE)
+        validation = validation_data and tf.data.Dataset.from_tensor_slices(validation_data).batch(batch)
+        train, validation = distribute.sharded(train), validation and distribute.sharded(validation)
     else:
         train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
     phase_callbacks = [  # in this order: the CSV row of an epoch is written before its checkpoint
@@ -136,6 +140,9 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         Checkpoint(run, phase, timer),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if run.tensorboard:  # epoch-level scalars per phase: `tensorboard --logdir results/` shows every run
+        phase_callbacks.append(keras.callbacks.TensorBoard(run.file(os.path.join("tensorboard", phase)),
+                                                           write_graph=False, profile_batch=0))
     model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,
               callbacks=[*phase_callbacks, *more_callbacks], verbose=VERBOSE)
     if not np.all(np.isfinite(timer.history.get("loss", []))):  # TerminateOnNaN stopped it: the phase failed
@@ -182,6 +189,11 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         model = models.stack(features.input_shape[1:], [*augmentation, features, head], name=f"{phase}_frozen")
         timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
         return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
+
+    if cache == "disk" and distribute.workers() > 1:
+        # Extraction is a collective step every worker must take together; a disk cache could hit on one
+        # machine and miss on another, so with several workers each extracts, and nothing is written.
+        cache = "memory"
 
     def extract(images, labels):
         """(features, where they came from, seconds)."""

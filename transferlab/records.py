@@ -185,8 +185,10 @@ class Run:
     finished epoch (see phases.fit).
     """
 
-    def __init__(self, results_dir, experiment, config, environment, data, resumed=None, **sections):
+    def __init__(self, results_dir, experiment, config, environment, data, resumed=None, tensorboard=False,
+                 **sections):
         self.seed = config.get("SEED", 0)
+        self.tensorboard = tensorboard  # phases also write TensorBoard logs into tensorboard/<phase>/
         if resumed is not None:
             self.run_id, self.dir = resumed["run_id"], os.path.join(results_dir, experiment, resumed["run_id"])
             self.path = os.path.join(self.dir, RECORD)

@@ -37,7 +37,12 @@ def _import_tensorflow_quietly():
     with quiet_stderr():
         import tensorflow as tf
 
-        tf.config.list_physical_devices()
+        cpus = tf.config.list_physical_devices("CPU")
+    # TRANSFERLAB_CPU_DEVICES=N splits the CPU into N logical devices, so that a machine without GPUs can
+    # run --distribute=mirrored over several replicas (the tests do). It must happen before TF's first op.
+    split = int(os.environ.get("TRANSFERLAB_CPU_DEVICES") or 1)
+    if split > 1:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * split)
     return tf
 
 
