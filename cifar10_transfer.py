@@ -31,6 +31,7 @@ VALIDATION_FRACTION = 0.2  # share of each task's training images held out for v
 SEED = 42  # one seed for Python, numpy, TensorFlow and the train/validation shuffle
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
+FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
@@ -84,12 +85,13 @@ xb_train, yb_train = tasks["b_train"]
 #    closing the feature layers: the same network, but the frozen-feature cache can stop at the Flatten
 #    and the new head still trains with dropout on its input, as it does in the published frozen model.
 def feature_layers():
+    # Named, so that --freeze_up_to= can name one.
     return [
-        keras.layers.Conv2D(32, 5, activation="relu"),
-        keras.layers.Conv2D(16, 5, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(8, 3, activation="relu"),
-        keras.layers.Flatten(),
+        keras.layers.Conv2D(32, 5, activation="relu", name="conv1"),
+        keras.layers.Conv2D(16, 5, activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(2, name="pool"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv3"),
+        keras.layers.Flatten(name="flatten"),
     ]
 
 
@@ -112,6 +114,7 @@ def evaluate(model, task):
 
 
 IMAGE = (32, 32, 3)
+FROZEN = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source, resumed=resumed,
                   distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
       strategy.scope()):  # models built in here are placed and replicated by the strategy
@@ -129,16 +132,20 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
         run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
                                              validation=validation, batch_size=BATCH_SIZE), model=base)
 
-    # 5. Phase "transfer": freeze the feature layers, train a new head on task B.
-    print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, frozen features")
-    features.trainable = False
-    new_head = models.stack(features.output_shape[1:], head(len(TASK_B_CLASSES)), name="head_b")
-    transfer = models.compile_classifier(models.stack(IMAGE, [features, new_head], name="transfer"), LEARNING_RATE)
+    # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head,
+    #    on top of the feature layers left trainable, on task B.
+    print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, {FROZEN} of "
+          f"{len(features.layers)} feature layers frozen")
+    frozen, trainable = models.split_frozen(features, FROZEN)
+    new_head = models.stack(frozen.output_shape[1:] if frozen else IMAGE, [*trainable, *head(len(TASK_B_CLASSES))],
+                            name="head_b")
+    transfer = models.compile_classifier(
+        models.stack(IMAGE, [frozen, new_head] if frozen else [new_head], name="transfer"), LEARNING_RATE)
     if not run.restore("transfer", transfer):
         # The frozen layers run once over the images (in memory: they were trained in this run, so no
-        # other run could reuse their features), then only the head trains on their output.
+        # other run could reuse their features), then only the rest trains on their output.
         timer, cache = phases.fit_head(
-            run, "transfer", features, new_head, xb_train, yb_train,
+            run, "transfer", frozen, new_head, xb_train, yb_train,
             cache="memory" if FEATURE_CACHE and not AUGMENT else None,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             validation_data=tasks["b_validation"], augmentation=augmentation(),
@@ -146,7 +153,7 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
         # Validation and test on raw images through features + head: the numbers belong to the whole model.
         validation, test = evaluate(transfer, "b")
         run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
-                                                 validation=validation, **cache), model=transfer)
+                                                 validation=validation, frozen_layers=FROZEN, **cache), model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:

@@ -28,6 +28,7 @@ LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, a
 SEED = 42  # one seed for Python, numpy and TensorFlow
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
+FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
@@ -75,14 +76,15 @@ print(f"MNIST from {source['source']}: task A {TASK_A_CLASSES} {len(xa_train)} t
 
 # 3. The published network: feature layers shared by both tasks, a small dense head per task.
 def feature_layers():
+    # Named, so that --freeze_up_to= can name one.
     return [
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.Conv2D(32, 3, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Dropout(0.25),
-        keras.layers.Conv2D(128, 3, activation="relu"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(),
+        keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
+        keras.layers.Conv2D(32, 3, activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(2, name="pool1"),
+        keras.layers.Dropout(0.25, name="dropout1"),
+        keras.layers.Conv2D(128, 3, activation="relu", name="conv3"),
+        keras.layers.MaxPooling2D(2, name="pool2"),
+        keras.layers.Flatten(name="flatten"),
     ]
 
 
@@ -110,6 +112,7 @@ def augmentation():
 
 
 IMAGE = (28, 28, 1)
+FROZEN = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, resumed=resumed,
                   distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
       strategy.scope()):  # models built in here are placed and replicated by the strategy
@@ -127,25 +130,28 @@ with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, r
         run.add_phase("base", phases.summary(TASK_A_CLASSES, xa_train, EPOCHS, timer, test, base,
                                              batch_size=BATCH_SIZE), model=base)
 
-    # 5. Phase "transfer": freeze the feature layers, train a new head B on task B.
-    print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, frozen features, {EPOCHS} epochs")
-    features.trainable = False
-    head = models.stack(features.output_shape[1:], head_b(), name="head_b")
-    transfer = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
+    # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head B,
+    #    on top of the feature layers left trainable, on task B.
+    print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, {FROZEN} of "
+          f"{len(features.layers)} feature layers frozen, {EPOCHS} epochs")
+    frozen, trainable = models.split_frozen(features, FROZEN)
+    head = models.stack(frozen.output_shape[1:] if frozen else IMAGE, [*trainable, *head_b()], name="head_b")
+    transfer = models.compile_classifier(models.stack(IMAGE, [frozen, head] if frozen else [head], name="transfer"),
+                                         LEARNING_RATE)
     if not run.restore("transfer", transfer):
-        # With the cache the frozen layers run once, in inference mode, and only the head trains on their
+        # With the cache the frozen layers run once, in inference mode, and only the rest trains on their
         # output; augmented images differ every epoch, so then there is nothing to cache. The cache lives in
         # memory: these layers were trained in this run, so no other run could reuse their features.
         timer, cache = phases.fit_head(
-            run, "transfer", features, head, xb_train, yb_train,
+            run, "transfer", frozen, head, xb_train, yb_train,
             cache="memory" if FEATURE_CACHE and not AUGMENT else None,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             augmentation=augmentation(),
         )
         # Test on raw images through features + head: the number belongs to the whole model, not the cache.
         test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
-        run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer, **cache),
-                      model=transfer)
+        run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
+                                                 frozen_layers=FROZEN, **cache), model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:

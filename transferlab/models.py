@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from transferlab.config import check
+
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
 
@@ -13,6 +15,33 @@ def stack(input_shape, parts, name):
     its own for the feature cache, or reused under a new head.
     """
     return keras.Sequential([keras.Input(shape=input_shape), *parts], name=name)
+
+
+def frozen_count(features, freeze_up_to):
+    """How many of the feature layers stay frozen in the transfer phase: FREEZE_UP_TO as an index (the number
+    of layers: 0 = none, every layer fine-tunes from the transferred weights), a layer's name (it and every
+    layer before it), or None (all of them, as published). Checked here, before any training."""
+    names = [layer.name for layer in features.layers]
+    if freeze_up_to is None:
+        return len(names)
+    if isinstance(freeze_up_to, str):
+        check(freeze_up_to in names, f"--freeze_up_to={freeze_up_to}: no such feature layer; the layers are "
+                                     f"{', '.join(names)} (or give how many stay frozen, 0 to {len(names)})")
+        return names.index(freeze_up_to) + 1
+    check(isinstance(freeze_up_to, int) and 0 <= freeze_up_to <= len(names),
+          f"--freeze_up_to={freeze_up_to}: expected 0 to {len(names)} frozen layers, or a layer name "
+          f"({', '.join(names)})")
+    return freeze_up_to
+
+
+def split_frozen(features, count):
+    """(frozen, trainable): the first `count` feature layers frozen, as one model for the feature cache
+    (None when there are none), and the list of the layers after them, trainable, for the new head to
+    start with. The layers keep their weights: both parts are the transferred network, cut in two."""
+    for index, layer in enumerate(features.layers):
+        layer.trainable = index >= count
+    frozen = stack(features.input_shape[1:], features.layers[:count], name="frozen") if count else None
+    return frozen, features.layers[count:]
 
 
 def output_layer(num_classes):

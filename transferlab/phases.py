@@ -174,7 +174,8 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     pretrained backbone whose output does not change between runs (`preprocessing` names what `feed`
     does to the images, part of the cache key); "memory" keeps them for this run only, for feature layers
     trained in this run. With `cache` None, the published way: the whole stack (augmentation, frozen
-    features, head) is fitted with `batch_size`, paying for the frozen layers in every epoch.
+    features, head) is fitted with `batch_size`, paying for the frozen layers in every epoch. `features`
+    None (nothing frozen) fits the head, the whole network here, the same way.
 
     Images are arrays that go into the model as they are, or, with `feed(x, y)` (and for training
     `feed(x, y, first_epoch)`), through the tf.data pipeline it returns (a backbone's preprocessing, and
@@ -185,8 +186,9 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
                "validation_data": validation_data, "epochs": epochs}
-    if cache is None:
-        model = models.stack(features.input_shape[1:], [*augmentation, features, head], name=f"{phase}_frozen")
+    if cache is None or features is None:  # no frozen layers at all: every layer trains, nothing to cache
+        parts = [*augmentation, *([features] if features is not None else []), head]
+        model = models.stack((features or head).input_shape[1:], parts, name=f"{phase}_frozen")
         timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
         return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
 

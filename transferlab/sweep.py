@@ -58,35 +58,40 @@ def _same(value, text):
 
 
 def plot(records, varied, path):
-    """Accuracy per phase (test, else validation) against the first varied constant: mean over seeds
-    with a band of ± std, on a log x axis when the values are numbers spanning more than a factor of 20.
-    Returns {phase: number of points plotted}; non-numeric values (None: all samples) are left out."""
+    """Two panels against the first varied constant, one line per phase, mean over seeds with a band of
+    ± std: accuracy (test, else validation) above, seconds per steady epoch below; a log x axis when the
+    values are numbers spanning more than a factor of 20. Returns {phase: number of accuracy points
+    plotted}; non-numeric values (None: all samples) are left out."""
     from transferlab import plots
 
     columns, rows = compare.build_table(records)
     column = varied[0].lower()  # the compare table keeps a constant's value as JSON text
-    fig, ax = plots.plt.subplots(figsize=(7, 4.5))
+    fig, axes = plots.plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     plotted = {}
-    for phase in [c.split(".")[0] for c in columns if c.endswith(".accuracy")]:
-        points = sorted((json.loads(row[column]), row[f"{phase}.accuracy"]) for row in rows
-                        if column in row and row[f"{phase}.accuracy"][2]
-                        and isinstance(json.loads(row[column]), (int, float)))
-        plotted[phase] = len(points)
-        if not points:
-            continue
-        xs = [x for x, _ in points]
-        means = [100 * s[0] for _, s in points]
-        stds = [100 * s[1] for _, s in points]
-        ax.plot(xs, means, marker="o", label=phase)
-        ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                        [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
-        if min(xs) > 0 and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
-    ax.set_xlabel(column)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    if any(plotted.values()):
-        ax.legend()
+    for ax, metric, label, scale in ((axes[0], "accuracy", "accuracy (%)", 100),
+                                     (axes[1], "steady_epoch_seconds", "seconds per epoch (steady)", 1)):
+        for phase in [c.split(".")[0] for c in columns if c.endswith(".accuracy")]:
+            key = f"{phase}.{metric}"
+            points = sorted((json.loads(row[column]), row[key]) for row in rows
+                            if column in row and key in row and row[key][2]
+                            and isinstance(json.loads(row[column]), (int, float)))
+            if metric == "accuracy":
+                plotted[phase] = len(points)
+            if not points:
+                continue
+            xs = [x for x, _ in points]
+            means = [scale * s[0] for _, s in points]
+            stds = [scale * s[1] for _, s in points]
+            ax.plot(xs, means, marker="o", label=phase)
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
+            if min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend()
+    axes[1].set_xlabel(column)
     fig.tight_layout()
     plots.save(fig, path)
     return plotted
