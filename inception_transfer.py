@@ -30,6 +30,7 @@ DROPOUT = 0.2
 EPOCHS = 20  # epochs of the frozen phase "transfer", as published
 BATCH_SIZE = 20  # as published
 HEAD_BATCH_SIZE = 20  # batch size for the head on cached features (when AUGMENT is off)
+TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
 LEARNING_RATE = 1e-4  # RMSprop's, as published
 OPTIMIZER = "rmsprop"  # adam, rmsprop or sgd, in every phase
 STOP_AT_VAL_ACCURACY = 0.97  # stop a phase once validation accuracy reaches this (the course's callback); 1.0: never
@@ -56,6 +57,8 @@ config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD
                       LEARNING_RATE=LEARNING_RATE, FINE_TUNE_LEARNING_RATE=FINE_TUNE_LEARNING_RATE,
                       BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
 config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs and --scratch_epochs must be >= 0")
+config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
+             f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 config.check(0 <= DROPOUT < 1, f"--dropout={DROPOUT}: must be in [0, 1)")
 config.check(0 < STOP_AT_VAL_ACCURACY <= 1, f"--stop_at_val_accuracy={STOP_AT_VAL_ACCURACY}: must be in (0, 1]")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
@@ -72,6 +75,9 @@ backbones.layer_index(backbone, FINE_TUNE_AT)
 # 2. Data: the image folder, decoded once into uint8 images at the input size.
 root = folders.find(data.data_dir(DATA_DIR))
 (x_train, y_train), (x_val, y_val), source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, SEED)
+if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same images for the same seed
+    x_train, y_train = data.take_per_class(x_train, y_train, TASK_B_SAMPLES_PER_CLASS, SEED)
+    source["samples"]["train"] = len(x_train)
 CLASS_NAMES = source["class_names"]
 print(f"images from {source['source']}: classes {CLASS_NAMES}, {len(x_train)} train, {len(x_val)} validation")
 

@@ -34,6 +34,7 @@ HEAD = [1024, 1024, 512]  # hidden Dense(relu) widths between the pooled feature
 EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
 BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
 HEAD_BATCH_SIZE = 32  # batch size for the head on cached features
+TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
 LEARNING_RATE: float | None = None  # for the new head in the frozen phase, and for scratch
 OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
 FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
@@ -77,6 +78,8 @@ config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD
                       LEARNING_RATE=LEARNING_RATE, FINE_TUNE_LEARNING_RATE=FINE_TUNE_LEARNING_RATE,
                       IMAGE_SIZE=IMAGE_SIZE, BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
 config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs and --scratch_epochs must be >= 0")
+config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
+             f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
 config.check(0 < VALIDATION_SPLIT < 1, f"--validation_split={VALIDATION_SPLIT}: must be in (0, 1)")
 config.check(BATCHNORM_MOMENTUM < 1, f"--batchnorm_momentum={BATCHNORM_MOMENTUM}: must be in (0, 1)")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
@@ -107,6 +110,9 @@ else:
     (x_train, y_train), (x_val, y_val) = data.train_validation_split(as_rgb(x_train), y_train, VALIDATION_SPLIT, SEED)
     CLASS_NAMES, test = [str(digit) for digit in range(10)], (as_rgb(x_test), y_test)
     source["samples"] = {"train": len(x_train), "validation": len(x_val), "test": len(y_test)}
+if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same images for the same seed
+    x_train, y_train = data.take_per_class(x_train, y_train, TASK_B_SAMPLES_PER_CLASS, SEED)
+    source["samples"]["train"] = len(x_train)
 print(f"{DATASET} from {source['source']}: classes {CLASS_NAMES}, "
       + ", ".join(f"{n} {split}" for split, n in source["samples"].items()))
 

@@ -77,13 +77,15 @@ def test_mobilenet_mnist_mode_reports_test_accuracy(mnist_dir, tmp_path):
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", "--dataset=mnist", f"--data_dir={mnist_dir}", "--weights=None",
                         "--epochs=1", "--fine_tune_epochs=0", "--run_scratch=False", "--head=16",
+                        "--task_b_samples_per_class=20",  # of the 360 training digits: validation, test stay whole
                         f"--results_dir={results}")  # fine-tuning is the three-class test's: it costs a minute
     assert result.returncode == 0, result.stderr[-3000:]
     record, folder = only_record(results, "mobilenet")
     assert list(record["phases"]) == ["transfer"]
     config = record["config"]
     assert config["IMAGE_SIZE"] == 32 and config["FINE_TUNE_AT"] == 0 and config["FINE_TUNE_BATCHNORM"] is True
-    assert record["data"]["samples"] == {"train": 360, "validation": 40, "test": 100}
+    assert record["data"]["samples"] == {"train": 200, "validation": 40, "test": 100}
+    assert record["phases"]["transfer"]["train_samples"] == 200
     for phase in record["phases"].values():
         assert 0 <= phase["test_accuracy"] <= 1 and 0 <= phase["val_accuracy"] <= 1
     assert PLOTS <= set(os.listdir(folder))
