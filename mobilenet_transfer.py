@@ -17,7 +17,7 @@ import functools
 import sys
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, distribute, folders, models, phases, plots, records
+from transferlab import backbones, config, data, distribute, feature_cache, folders, models, phases, plots, records
 
 import keras
 import numpy as np
@@ -130,10 +130,18 @@ feed = functools.partial(backbones.pipeline, preprocess=backbones.preprocess_fun
                          batch_size=BATCH_SIZE, seed=SEED, augmentation=augmentation())
 
 
-def evaluate(model):
-    """(validation, test) as (loss, accuracy); test is None for an image folder."""
-    validation = model.evaluate(feed(x_val, y_val), verbose=0)
+def evaluate(model, history=None):
+    """(validation, test) as (loss, accuracy); test is None for an image folder. For a phase fitted on cached
+    features, pass its `history`: its last epoch's validation ran the head on the cached features of the
+    validation images, which are the whole model's numbers, without a second pass of the backbone."""
+    if history:
+        validation = (history["val_loss"][-1], history["val_accuracy"][-1])
+    else:
+        validation = model.evaluate(feed(x_val, y_val), verbose=0)
     return validation, test and model.evaluate(feed(*test), verbose=0)
+
+
+PREPROCESSING = "MobileNetV2 preprocess_input"  # what `feed` does to images: part of the feature cache's key
 
 
 # 4. The network: backbone -> global average pooling (the features) -> the published dense head.
@@ -158,11 +166,11 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
     if not run.restore("transfer", model):
         timer, cache = phases.fit_head(
             run, "transfer", features, head, x_train, y_train,
-            cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing="MobileNetV2 preprocess_input",
+            cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing=PREPROCESSING,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed,
         )
-        validation, test_result = evaluate(model)
+        validation, test_result = evaluate(model, timer.history if cache["feature_cache"] != "off" else None)
         run.add_phase("transfer", phases.summary(CLASS_NAMES, x_train, EPOCHS, timer, test_result, model,
                                                  validation=validation, **cache), model=model)
 
@@ -180,8 +188,13 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
             run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
                                                       model, validation=validation, batch_size=BATCH_SIZE), model=model)
 
-    # 7. Plots of the final transferred model: where it errs, and what it sees.
-    y_pred = models.predict_classes(model, feed(x_val, y_val))
+    # 7. Plots of the final transferred model: where it errs, and what it sees. Without fine-tuning it is the
+    #    frozen phase's model, whose validation features are in the disk cache: then only the head runs.
+    if not FINE_TUNE_EPOCHS and run.record["phases"]["transfer"]["feature_cache"] in ("hit", "miss"):
+        val_features, _, _ = feature_cache.cached(features, x_val, feed(x_val, y_val), PREPROCESSING)
+        y_pred = models.predict_classes(head, val_features)
+    else:
+        y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"MobileNetV2 {DATASET}, validation, run {run.run_id}", seed=SEED)
 

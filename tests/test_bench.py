@@ -13,6 +13,8 @@ FIGURES = {
     "3. Harness overhead": {"bare steady epoch s", "ours steady epoch s", "bare / ours", "met"},
     "4. Backbone feature extraction": {"ours / bare", "met"},
     "5. Time to accuracy": {"wall seconds", "val acc", "feature cache", "met"},
+    "6. Scaling": {"40 samples", "160 samples", "peak MB per 1k added samples",
+                   "seconds per added sample, largest step / first step", "met"},
 }
 
 
@@ -30,5 +32,6 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
             if isinstance(value, float):
                 assert value == value and value >= 0 or name == "accuracy difference (points)", (name, value)
     assert figures[4]["feature cache"] == "miss"  # a cold start: the cache was empty
+    assert len([name for name in figures[5] if name.split()[0].isdigit()]) == 3  # 4 and 16 per class, and all
     text = out.read_text()
-    assert text.startswith("# Benchmarks") and text.count("\n## ") == 5 and "Measured with `python -m bench" in text
+    assert text.startswith("# Benchmarks") and text.count("\n## ") == 6 and "Measured with `python -m bench" in text

@@ -67,3 +67,22 @@ def test_features_are_extracted_in_inference_mode_with_frozen_weights():
     np.testing.assert_allclose(first, x @ frozen.layers[0].kernel.numpy() + frozen.layers[0].bias.numpy(),
                                rtol=1e-5, atol=1e-6)
     assert phases.trainable_params(frozen) == 0
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_validation_on_cached_features_is_the_whole_models(cache, tmp_path):
+    """mobilenet_transfer.py reports the frozen phase's last validation epoch instead of running the backbone
+    over the validation images again: that must be what the whole model scores on them."""
+    keras.utils.set_random_seed(0)
+    frozen = models.stack((6,), [keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.5)], name="f")
+    frozen.trainable = False
+    head = models.stack((8,), [keras.layers.Dense(3, activation="softmax")], name="h")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((96, 6)).astype(np.float32), np.arange(96) % 3
+    timer, info = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
+                                  head_batch_size=16, learning_rate=0.05, validation_data=(x[:40], y[:40]))
+    whole = models.compile_classifier(models.stack((6,), [frozen, head], name="whole"), 0.05)
+    loss, accuracy = whole.evaluate(x[:40], y[:40], verbose=0)
+    assert info["feature_cache"] == ("memory" if cache == "memory" else "miss")
+    assert timer.history["val_accuracy"][-1] == pytest.approx(accuracy)
+    assert timer.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
