@@ -87,8 +87,10 @@ def plot(records, varied, path):
                             [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
             if min(xs) > 0 and max(xs) / min(xs) > 20:
                 ax.set_xscale("log")
+        if metric != "accuracy" and ax.get_lines():
+            ax.set_yscale("log")  # a base phase's minute and a cached head's tenth of a second, both readable
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         if ax.get_lines():
             ax.legend()
     axes[1].set_xlabel(column)
