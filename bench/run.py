@@ -105,7 +105,7 @@ def frozen_phase_and_full_run(mnist_dir, work, epochs):
     return frozen, full
 
 
-def harness_overhead(x, y, work, epochs, batch_size):
+def harness_overhead(x, y, work, epochs, batch_size, rounds):
     """Figure 3: the same CNN, data, batch and seed through phases.fit and through a bare model.fit."""
     def cnn():
         keras.utils.set_random_seed(0)
@@ -113,14 +113,21 @@ def harness_overhead(x, y, work, epochs, batch_size):
                                           keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
                                           keras.layers.Dense(int(y.max()) + 1, activation="softmax")], name="cnn")
 
-    ours = phases.fit(Run(os.path.join(work, "harness"), 0), "base", cnn(), x, y, epochs=epochs,
-                      batch_size=batch_size, learning_rate=1e-3)
-    bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), phases.EpochTimer()
-    bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
-    ours_epoch, bare_epoch = statistics.median(ours.epoch_seconds[1:]), statistics.median(bare_timer.epoch_seconds[1:])
+    # Alternating rounds, so that the machine's slow spells fall on both sides; the first epoch of every
+    # fit (graph tracing) is left out.
+    ours_seconds, bare_seconds = [], []
+    for round_ in range(rounds):
+        ours = phases.fit(Run(os.path.join(work, f"harness{round_}"), 0), "base", cnn(), x, y, epochs=epochs,
+                          batch_size=batch_size, learning_rate=1e-3)
+        bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), phases.EpochTimer()
+        bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
+        ours_seconds += ours.epoch_seconds[1:]
+        bare_seconds += bare_timer.epoch_seconds[1:]
+    ours_epoch, bare_epoch = statistics.median(ours_seconds), statistics.median(bare_seconds)
     result = {
         "figure": "3. Harness overhead (steady epoch, phases.fit vs bare model.fit)",
-        "samples": len(x), "epochs": epochs, "bare steady epoch s": bare_epoch, "ours steady epoch s": ours_epoch,
+        "samples": len(x), "epochs": epochs, "rounds": rounds, "bare steady epoch s": bare_epoch,
+        "ours steady epoch s": ours_epoch,
         "bare / ours": bare_epoch / ours_epoch, "target": ">= 0.97",
     }
     result["met"] = result["bare / ours"] >= 0.97
@@ -271,7 +278,8 @@ def main(argv=None):
                     if n in wanted]
     if 3 in wanted:
         print("figure 3: harness overhead ...", flush=True)
-        figures.append(harness_overhead(x, y, work, epochs=4 if not args.quick else 3, batch_size=32))
+        figures.append(harness_overhead(x, y, work, epochs=4 if not args.quick else 3, batch_size=32,
+                                        rounds=3 if not args.quick else 1))
     if 4 in wanted:
         print("figure 4: backbone feature extraction ...", flush=True)
         figures.append(backbone_extraction(folder, None if weights == "None" else weights, image_size, batch_size=32))
