@@ -17,6 +17,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from transferlab import data
 from transferlab.config import UserError, check
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
@@ -94,11 +95,13 @@ def is_chief(strategy):
 
 def results_dir(folder, strategy):
     """Where this process writes its run: `folder` for the chief; for another worker a temporary folder of
-    its own, removed when it exits, so two processes never write the same file."""
+    its own, removed when it exits, which also takes its caches (decoded images), so two processes never
+    write the same file."""
     if is_chief(strategy):
         return folder
     own = tempfile.mkdtemp(prefix="transferlab-worker-")
     atexit.register(shutil.rmtree, own, ignore_errors=True)
+    os.environ[data.CACHE_DIR_ENV] = os.path.join(own, "cache")
     return own
 
 
