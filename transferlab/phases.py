@@ -186,9 +186,10 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
                "validation_data": validation_data, "epochs": epochs}
-    if cache is None or features is None:  # no frozen layers at all: every layer trains, nothing to cache
-        parts = [*augmentation, *([features] if features is not None else []), head]
-        model = models.stack((features or head).input_shape[1:], parts, name=f"{phase}_frozen")
+    if cache is None or features is None:  # the published way, or nothing frozen and so nothing to cache
+        parts = [*augmentation, head] if features is None else [*augmentation, features, head]
+        first = head if features is None else features
+        model = models.stack(first.input_shape[1:], parts, name=f"{phase}_frozen")
         timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
         return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
 
