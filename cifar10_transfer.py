@@ -32,6 +32,7 @@ SEED = 42  # one seed for Python, numpy, TensorFlow and the train/validation shu
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
+REUSE_BASE = False  # take phase "base" from an earlier run in RESULTS_DIR with the same task A constants
 RUN_SCRATCH = True  # train the same network from random init on task B: what did transfer buy?
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
@@ -125,7 +126,12 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
     print(f"\n== base: {len(xa_train)} images of {[CLASS_NAMES[c] for c in TASK_A_CLASSES]}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *head(len(TASK_A_CLASSES))], name="base")
-    if not run.restore("base", base):
+    # With --reuse_base=True a run whose base constants, data and code match an earlier run's takes that
+    # run's base network (the record says which) instead of training the same network again: a study that
+    # varies only task B then trains the base once per seed.
+    same_base = ["TASK_A_CLASSES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DETERMINISTIC", "AUGMENT",
+                 "VALIDATION_FRACTION"]
+    if not (run.restore("base", base) or REUSE_BASE and run.reuse("base", base, same_base)):
         timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
                            learning_rate=LEARNING_RATE, validation_data=tasks["a_validation"])
         validation, test = evaluate(base, "a")

@@ -88,6 +88,17 @@ def test_published_frozen_path_and_no_scratch(mnist_dir, tmp_path):
     assert transfer["feature_cache"] == "off" and "feature_extraction_seconds" not in transfer
     assert transfer["trainable_params"] == 411_843  # frozen features stay frozen inside fit
 
+    # A second run that changes only the transfer phase takes the first one's base network instead of
+    # training it again.
+    result = run_script("mnist_transfer.py", "--epochs=1", "--reuse_base=True", "--run_scratch=False",
+                        f"--data_dir={mnist_dir}", f"--results_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reused from run" in result.stdout
+    second = [json.loads(p.read_text()) for p in (tmp_path / "mnist").glob("*/record.json")]
+    second = [r for r in second if r["run_id"] != record["run_id"]][0]
+    assert second["phases"]["base"] == {**record["phases"]["base"], "reused_from": record["run_id"]}
+    assert second["phases"]["transfer"]["feature_cache"] == "memory"
+
 
 def test_augmentation_turns_the_cache_off(mnist_dir, tmp_path):
     result = run_script("mnist_transfer.py", "--epochs=1", "--augment=True", "--run_scratch=False",

@@ -99,3 +99,38 @@ def test_diverged_run_is_failed_with_one_line_and_exit_1(tmp_path, capsys):
     record = read(run)
     assert record["status"] == "failed" and record["error"] == "FloatingPointError: phase base: the loss became NaN"
     assert capsys.readouterr().err == f"error: phase base: the loss became NaN; record saved as {run.path}\n"
+
+
+def test_a_phase_is_reused_only_from_a_run_with_the_same_inputs(tmp_path):
+    import keras
+    import numpy as np
+
+    def tiny(seed):
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, kernel_initializer=keras.initializers.
+                                                                        GlorotUniform(seed))])
+
+    def start(config=None, sha="abc", commit="c1"):
+        return records.Run(tmp_path, "demo", {"SEED": 1, "EPOCHS": 2, "TASK_B": 5, **(config or {})},
+                           {"git_commit": commit, "keras": "3"}, {"sha256": sha})
+
+    with start() as first:
+        trained = tiny(0)
+        with open(first.file("history_base.csv"), "w") as f:
+            f.write("epoch,accuracy\n0,0.5\n1,0.75\n")
+        first.add_phase("base", {"test_accuracy": 0.9, "train_seconds": 12.0}, model=trained)
+    with start({"TASK_B": 7}) as second:  # only a constant outside the phase's own differs: reused
+        model = tiny(1)
+        assert second.reuse("base", model, ["SEED", "EPOCHS"])
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), trained.get_weights(), strict=True))
+        assert read(second)["phases"]["base"] == {"test_accuracy": 0.9, "train_seconds": 12.0,
+                                                  "reused_from": first.run_id}
+        assert second.histories() == {"base": {"epoch": [0, 1], "accuracy": [0.5, 0.75]}}
+    with start() as third:  # a reuse of a reuse names the run that trained the phase
+        assert third.reuse("base", tiny(2), ["SEED", "EPOCHS"])
+        assert read(third)["phases"]["base"]["reused_from"] == first.run_id
+    for changed in ({"config": {"EPOCHS": 3}}, {"sha": "other data"}, {"commit": "c2"}):
+        with start(**changed) as other:
+            model = tiny(3)
+            assert not other.reuse("base", model, ["SEED", "EPOCHS"]), changed
+            assert read(other)["phases"] == {}
+            assert not np.array_equal(model.get_weights()[0], trained.get_weights()[0])

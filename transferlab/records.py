@@ -169,6 +169,16 @@ def find_resumable(results_dir, experiment, resume, config):
     return record
 
 
+def _same_inputs(ours, theirs, constants):
+    """Do two records agree on `constants`, the data, the code, the library versions and the distribution?"""
+    versions = ("git_commit", "tensorflow", "keras", "numpy")
+    return (all(ours["config"].get(k, KeyError) == theirs.get("config", {}).get(k, KeyError) for k in constants)
+            and ours["data"].get("sha256") is not None
+            and ours["data"].get("sha256") == theirs.get("data", {}).get("sha256")
+            and all(ours["environment"].get(k) == theirs.get("environment", {}).get(k) for k in versions)
+            and ours.get("distribute") == theirs.get("distribute"))
+
+
 def _shown(constants, name):
     return repr(constants[name]) if name in constants else "not a constant"
 
@@ -246,6 +256,30 @@ class Run:
         model.load_weights(self.file(f"{name}.weights.h5"))
         print("   finished before the interruption: weights restored, not trained again")
         return True
+
+    def reuse(self, name, model, constants):
+        """True when an earlier run in this results folder finished phase `name` from the same inputs: the
+        same values of `constants` (the ones that decide that phase), the same data (sha256), code (git
+        commit), library versions and distribution. The newest such run's weights are loaded into `model`
+        and its phase record (marked "reused_from": its run id) and history are copied here, so a study that
+        varies only what comes after the phase trains it once per seed. False otherwise: train the phase."""
+        parent = os.path.dirname(self.dir)
+        for run_id in sorted(os.listdir(parent), reverse=True):
+            record = _read_record(os.path.join(parent, run_id))
+            weights = os.path.join(parent, run_id, f"{name}.weights.h5")
+            if (run_id == self.run_id or record is None or name not in record.get("phases", {})
+                    or not _same_inputs(self.record, record, constants) or not os.path.exists(weights)):
+                continue
+            model.load_weights(weights)
+            history = os.path.join(parent, run_id, f"history_{name}.csv")
+            if os.path.exists(history):
+                with replacing(self.file(f"history_{name}.csv")) as tmp:
+                    shutil.copyfile(history, tmp)
+            phase = record["phases"][name]
+            self.add_phase(name, {**phase, "reused_from": phase.get("reused_from", run_id)}, model=model)
+            print(f"   reused from run {run_id} (same constants, data and code): not trained again")
+            return True
+        return False
 
     def progress(self, phase, epoch):
         """Note the last finished epoch of the running phase (the record an interruption leaves says it)."""
