@@ -3,6 +3,7 @@ reported without stopping the others; the stratified cut of task B's training se
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,3 +58,44 @@ def test_sweep_runs_each_combination_skips_complete_runs_and_reports_failures(mn
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.stdout.count("complete already, skipped") == 2 and again.returncode == 1
     assert len(glob.glob(os.path.join(folder, "mnist", "*", "record.json"))) == 2
+
+
+def test_where_transfer_and_scratch_cross_and_what_transfer_saves(tmp_path):
+    def on_log_axis(x0, x1, fraction):  # the point `fraction` of the way from x0 to x1 on a log axis
+        return 10 ** (math.log10(x0) + fraction * (math.log10(x1) - math.log10(x0)))
+
+    transfer = [(10, 0.80), (100, 0.90), (1000, 0.95)]
+    scratch = [(10, 0.50), (100, 0.85), (1000, 0.97)]
+    answers = sweep.samples_for_same_accuracy(transfer, scratch)
+    assert [how for *_, how in answers] == ["=", "=", "="]
+    # 80% lies 0.30 / 0.35 of the way from scratch's 50% at 10 to its 85% at 100: about 72 per class
+    assert [a[2] for a in answers] == [pytest.approx(on_log_axis(10, 100, 0.30 / 0.35)),
+                                       pytest.approx(on_log_axis(100, 1000, 0.05 / 0.12)),
+                                       pytest.approx(on_log_axis(100, 1000, 0.10 / 0.12))]
+    # the gap goes from +5 points at 100 to -2 at 1000
+    assert sweep.crossings(transfer, scratch) == [pytest.approx(on_log_axis(100, 1000, 0.05 / 0.07))]
+    assert sweep.samples_for_same_accuracy([(10, 0.4)], scratch) == [(10, 0.4, 10, "<=")]
+    assert sweep.samples_for_same_accuracy([(10, 0.99)], scratch) == [(10, 0.99, 1000, ">")]
+    assert sweep.crossings([(10, 0.9), (100, 0.95)], [(10, 0.5), (100, 0.6)]) == []
+
+    def record(run_id, per_class, transfer_acc, scratch_acc, samples):
+        phase = {"train_samples": samples, "classes": [7, 8, 9], "train_seconds": 1.0, "steady_epoch_seconds": 0.1}
+        return {"experiment": "mnist", "run_id": run_id, "status": "complete",
+                "config": {"SEED": 0, "TASK_B_SAMPLES_PER_CLASS": per_class},
+                "phases": {"transfer": {**phase, "test_accuracy": transfer_acc},
+                           "scratch": {**phase, "test_accuracy": scratch_acc}}}
+
+    records = [record("a", 10, 0.80, 0.50, 30), record("b", 100, 0.90, 0.85, 300),
+               record("c", None, 0.99, 0.995, 6000)]
+    assert sweep.all_samples_per_class(records, "task_b_samples_per_class") == 2000  # None: all, 6,000 / 3
+    _, rows = sweep.compare.build_table(records)
+    lines = sweep.data_efficiency(records, rows, "task_b_samples_per_class")
+    assert len(lines) == 4
+    cross = on_log_axis(100, 2000, 0.05 / 0.055)
+    assert lines[0] == f"transfer and scratch cross near {cross:,.0f} samples per class"
+    assert lines[1] == "transfer with 10 per class (80.00%): scratch needs about 72 per class for that"
+    assert lines[3] == (f"transfer with 2,000 per class (99.00%): scratch needs about "
+                        f"{on_log_axis(100, 2000, 0.14 / 0.145):,.0f} per class for that")
+    assert sweep.data_efficiency(records, rows, "epochs") == []
+    assert sweep.plot(records, ["TASK_B_SAMPLES_PER_CLASS"], tmp_path / "sweep.png") == {"transfer": 3, "scratch": 3}
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000

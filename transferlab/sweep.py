@@ -15,6 +15,7 @@ import ast
 import hashlib
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,31 +58,55 @@ def _same(value, text):
     return value == parsed or str(value) == text
 
 
+def all_samples_per_class(records, column):
+    """Where "None" (all samples) of TASK_B_SAMPLES_PER_CLASS sits on the x axis: the mean number of task B
+    training images per class in those runs; None for any other constant or when no run used all."""
+    if column != "task_b_samples_per_class":
+        return None
+    counts = [phase["train_samples"] / len(phase["classes"]) for r in records
+              if {k.lower(): v for k, v in r["config"].items()}.get(column, 0) is None
+              for phase in r["phases"].values() if phase.get("classes") and "train_samples" in phase]
+    return sum(counts) / len(counts) if counts else None
+
+
+def curve(rows, column, key, none_at=None):
+    """[(x, mean, std)] of metric `key` over the rows, sorted by the varied constant's value; None sits at
+    `none_at` when given, other non-numeric values are left out."""
+    points = []
+    for row in rows:
+        if column not in row or key not in row or not row[key][2]:
+            continue
+        x = json.loads(row[column])
+        x = none_at if x is None else x
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            points.append((x, row[key][0], row[key][1]))
+    return sorted(points)
+
+
 def plot(records, varied, path):
     """Two panels against the first varied constant, one line per phase, mean over seeds with a band of
     ± std: accuracy (test, else validation) above, seconds per steady epoch below; a log x axis when the
     values are numbers spanning more than a factor of 20. Returns {phase: number of accuracy points
-    plotted}; non-numeric values (None: all samples) are left out."""
+    plotted}; non-numeric values are left out, except None of TASK_B_SAMPLES_PER_CLASS (all samples), which
+    is drawn at the runs' own number of images per class."""
     from transferlab import plots
 
     columns, rows = compare.build_table(records)
     column = varied[0].lower()  # the compare table keeps a constant's value as JSON text
+    none_at = all_samples_per_class(records, column)
     fig, axes = plots.plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     plotted = {}
     for ax, metric, label, scale in ((axes[0], "accuracy", "accuracy (%)", 100),
                                      (axes[1], "steady_epoch_seconds", "seconds per epoch (steady)", 1)):
         for phase in [c.split(".")[0] for c in columns if c.endswith(".accuracy")]:
-            key = f"{phase}.{metric}"
-            points = sorted((json.loads(row[column]), row[key]) for row in rows
-                            if column in row and key in row and row[key][2]
-                            and isinstance(json.loads(row[column]), (int, float)))
+            points = curve(rows, column, f"{phase}.{metric}", none_at)
             if metric == "accuracy":
                 plotted[phase] = len(points)
             if not points:
                 continue
-            xs = [x for x, _ in points]
-            means = [scale * s[0] for _, s in points]
-            stds = [scale * s[1] for _, s in points]
+            xs = [x for x, _, _ in points]
+            means = [scale * m for _, m, _ in points]
+            stds = [scale * s for _, _, s in points]
             ax.plot(xs, means, marker="o", label=phase)
             ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
                             [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2)
@@ -93,10 +118,63 @@ def plot(records, varied, path):
         ax.grid(alpha=0.3, which="both")
         if ax.get_lines():
             ax.legend()
-    axes[1].set_xlabel(column)
+    axes[1].set_xlabel(column + (f" (None: all, drawn at {none_at:,.0f})" if none_at else ""))
     fig.tight_layout()
     plots.save(fig, path)
     return plotted
+
+
+def _log_interpolate(x0, y0, x1, y1, y):
+    """The x between x0 and x1 (log scale) where the line from (x0, y0) to (x1, y1) reaches y."""
+    return math.exp(math.log(x0) + (y - y0) / (y1 - y0) * (math.log(x1) - math.log(x0)))
+
+
+def samples_for_same_accuracy(transfer, scratch):
+    """For each point (n, accuracy) of the transfer curve, how many samples per class scratch needs to
+    reach that accuracy, read off scratch's curve (interpolated in log samples at its first crossing):
+    [(n, accuracy, samples or None, how)], how being "=", "<=" (scratch's first size already reaches it)
+    or ">" (scratch never does within the sizes run; samples is then its largest size)."""
+    answers = []
+    for n, accuracy in transfer:
+        if not scratch:
+            break
+        if scratch[0][1] >= accuracy:
+            answers.append((n, accuracy, scratch[0][0], "<="))
+            continue
+        crossing = next(((a, b) for a, b in itertools.pairwise(scratch) if a[1] < accuracy <= b[1]), None)
+        if crossing is None:
+            answers.append((n, accuracy, scratch[-1][0], ">"))
+        else:
+            (x0, y0), (x1, y1) = crossing
+            answers.append((n, accuracy, _log_interpolate(x0, y0, x1, y1, accuracy), "="))
+    return answers
+
+
+def crossings(transfer, scratch):
+    """Samples per class where the transfer and scratch curves cross (interpolated in log samples), from
+    their accuracy at the sizes both ran."""
+    scratch = dict(scratch)
+    gaps = [(n, accuracy - scratch[n]) for n, accuracy in transfer if n in scratch]
+    return [_log_interpolate(x0, g0, x1, g1, 0.0) for (x0, g0), (x1, g1) in itertools.pairwise(gaps)
+            if (g0 > 0) != (g1 > 0) and g0 != g1]
+
+
+def data_efficiency(records, rows, column):
+    """Lines saying where transfer and scratch cross and how much data transfer saves, for a sweep over
+    TASK_B_SAMPLES_PER_CLASS with both phases; [] otherwise."""
+    none_at = all_samples_per_class(records, column)
+    transfer, scratch = ([(x, m) for x, m, _ in curve(rows, column, f"{phase}.accuracy", none_at)]
+                         for phase in ("transfer", "scratch"))
+    if column != "task_b_samples_per_class" or not transfer or not scratch:
+        return []
+    found = crossings(transfer, scratch)
+    lines = [f"transfer and scratch cross near {', '.join(f'{x:,.0f}' for x in found)} samples per class" if found
+             else f"the lines do not cross: {'transfer' if transfer[0][1] > scratch[0][1] else 'scratch'} is ahead "
+                  "at every size run"]
+    for n, accuracy, samples, how in samples_for_same_accuracy(transfer, scratch):
+        said = {"=": f"about {samples:,.0f}", "<=": f"at most {samples:,.0f}", ">": f"more than {samples:,.0f}"}[how]
+        lines.append(f"transfer with {n:,.0f} per class ({accuracy:.2%}): scratch needs {said} per class for that")
+    return lines
 
 
 def main(argv=None):
@@ -138,6 +216,8 @@ def main(argv=None):
         plotted = plot(records, list(varied), os.path.join(folder, "sweep.png"))
         print(f"plot: {os.path.join(folder, 'sweep.png')} (points: "
               + ", ".join(f"{phase} {n}" for phase, n in plotted.items()) + ")")
+        for line in data_efficiency(records, rows, list(varied)[0].lower()):
+            print(line)
     for label, reason in failed:
         print(f"failed: {label}: {reason}")
     return 1 if failed else 0
