@@ -162,10 +162,12 @@ def crossings(transfer, scratch):
 def data_efficiency(records, rows, column):
     """Lines saying where transfer and scratch cross and how much data transfer saves, for a sweep over
     TASK_B_SAMPLES_PER_CLASS with both phases; [] otherwise."""
+    if column != "task_b_samples_per_class":
+        return []
     none_at = all_samples_per_class(records, column)
     transfer, scratch = ([(x, m) for x, m, _ in curve(rows, column, f"{phase}.accuracy", none_at)]
                          for phase in ("transfer", "scratch"))
-    if column != "task_b_samples_per_class" or not transfer or not scratch:
+    if not transfer or not scratch:
         return []
     found = crossings(transfer, scratch)
     lines = [f"transfer and scratch cross near {', '.join(f'{x:,.0f}' for x in found)} samples per class" if found
