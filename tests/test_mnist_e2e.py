@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -84,6 +85,8 @@ def test_published_frozen_path_and_no_scratch(mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record, _ = only_record(tmp_path)
     assert list(record["phases"]) == ["base", "transfer"]
+    # progress without a terminal: one line per epoch of every phase, with its metrics
+    assert re.search(r"^Epoch 1/1 - \d+\.\ds - accuracy: \d\.\d{4} - loss: ", result.stdout, re.M), result.stdout
     transfer = record["phases"]["transfer"]
     assert transfer["feature_cache"] == "off" and "feature_extraction_seconds" not in transfer
     assert transfer["trainable_params"] == 411_843  # frozen features stay frozen inside fit
