@@ -193,21 +193,24 @@ def scaling(mnist_dir, weights, work, sizes):
         transfer = record["phases"]["transfer"]
         rows.append((transfer["train_samples"], transfer["train_seconds"], peak))
         print(f"   {rows[-1][0]} samples: {rows[-1][1]:.1f} s, peak {peak:.0f} MB", flush=True)
-    (n0, t0, m0), (n1, t1, _), (n_last, t_last, m_last) = rows[0], rows[1], rows[-1]
-    # Linear means a constant cost per added sample: compare the first step's with the whole range's.
-    time_ratio = ((t_last - t1) / (n_last - n1)) / ((t1 - t0) / (n1 - n0))
+    (n0, t0, m0), (n_before, t_before, _), (n_last, t_last, m_last) = rows[0], rows[-2], rows[-1]
+    # Linear (or better) means samples added at the largest size cost no more each than across the whole
+    # range; superlinear growth would make the last step dearer. Both are differences over thousands of
+    # samples: the first step alone (a few seconds over a fixed cost of several) is too small to measure.
+    time_ratio = ((t_last - t_before) / (n_last - n_before)) / ((t_last - t0) / (n_last - n0))
     memory_per_1k = 1000 * (m_last - m0) / (n_last - n0)
     result = {"figure": "6. Scaling: frozen phase (MobileNetV2 on MNIST at 32x32) against training samples"}
     for n, t, m in rows:
         result[f"{n} samples"] = f"{t:.1f} s, {1000 * t / n:.2f} s per 1k, peak {m:.0f} MB"
     result.update({
-        "seconds per added sample, largest step / first step": time_ratio,
+        "seconds per added sample, last step / whole range": time_ratio,
         "peak MB per 1k added samples": memory_per_1k,
         "features MB per 1k samples (1280 float32)": FEATURES_MB_PER_1K,
         "images MB per 1k samples (32x32x3 uint8)": IMAGES_MB_PER_1K,
-        "target": "time linear in samples; memory growth per sample below twice the features (they are never "
+        "target": "time linear in samples or better (last step / whole range <= 1.25); memory growth per "
+                  "sample below twice the features (they are never "
                   "held twice) plus the images, which the script and its tf.data pipeline each hold once",
-        "met": 0.5 <= time_ratio <= 1.5 and memory_per_1k < 2 * FEATURES_MB_PER_1K + 2 * IMAGES_MB_PER_1K,
+        "met": time_ratio <= 1.25 and memory_per_1k < 2 * FEATURES_MB_PER_1K + 2 * IMAGES_MB_PER_1K,
     })
     return result
 
