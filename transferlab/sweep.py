@@ -132,12 +132,11 @@ def _log_interpolate(x0, y0, x1, y1, y):
 def samples_for_same_accuracy(transfer, scratch):
     """For each point (n, accuracy) of the transfer curve, how many samples per class scratch needs to
     reach that accuracy, read off scratch's curve (interpolated in log samples at its first crossing):
-    [(n, accuracy, samples or None, how)], how being "=", "<=" (scratch's first size already reaches it)
-    or ">" (scratch never does within the sizes run; samples is then its largest size)."""
+    [(n, accuracy, samples, how)], how being "=", "<=" (scratch's first size already reaches it; samples
+    is that size) or ">" (scratch never does within the sizes run; samples is its largest size). `scratch`
+    must not be empty."""
     answers = []
     for n, accuracy in transfer:
-        if not scratch:
-            break
         if scratch[0][1] >= accuracy:
             answers.append((n, accuracy, scratch[0][0], "<="))
             continue
