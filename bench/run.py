@@ -15,7 +15,7 @@ are medians over the epochs after the first (which includes graph tracing).
    batch and seed.
 4. Backbone feature extraction: images per second through our path (decode and resize the folder, the
    tf.data pipeline with the backbone's preprocessing, the backbone) vs a bare `model.predict` on the same
-   images already decoded and preprocessed in memory.
+   images already decoded and preprocessed in memory; median of alternating rounds, decoding shown apart.
 5. Time to accuracy, cold start to record: cats vs dogs, frozen phase only, with an empty feature cache.
 6. Scaling: the frozen phase's seconds and peak memory at 1k, 4k, 16k and all (54k) training images
    (MobileNetV2 on MNIST at 32x32, through the disk feature cache).
@@ -134,28 +134,51 @@ def harness_overhead(x, y, work, epochs, batch_size, rounds):
     return result
 
 
-def backbone_extraction(folder, weights, image_size, batch_size):
-    """Figure 4: images per second, our whole path vs bare predict on images decoded and preprocessed."""
+def backbone_extraction(folder, weights, image_size, batch_size, rounds):
+    """Figure 4: images per second, our whole path vs bare predict on images decoded and preprocessed.
+
+    Alternating rounds, the order swapped each round, so that slow spells of the machine fall on both
+    sides; the figure is the median of the rounds' ratios. Decoding is reported on its own, because it is
+    the one step bare predict does not pay."""
     backbone, _ = backbones.load("MobileNetV2", image_size, weights)
     frozen = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
     preprocess = backbones.preprocess_function("MobileNetV2")
     frozen.predict(np.zeros((batch_size, image_size, image_size, 3), np.float32), verbose=0)  # trace once, for both
-    start = time.perf_counter()
-    (x, y), (xv, yv), _ = folders.load(folder, image_size, 0.2, seed=0)
-    x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
-    batches = backbones.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        feature_cache.extract(frozen, batches, len(x), os.path.join(tmp, "entry"))
-    ours = time.perf_counter() - start
-    ready = preprocess(x.astype(np.float32))
-    start = time.perf_counter()
-    frozen.predict(ready, batch_size=batch_size, verbose=0)
-    bare = time.perf_counter() - start
+
+    def ours():
+        start = time.perf_counter()
+        (x, y), (xv, yv), info = folders.load(folder, image_size, 0.2, seed=0)
+        x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
+        batches = backbones.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            feature_cache.extract(frozen, batches, len(x), os.path.join(tmp, "entry"))
+        return time.perf_counter() - start, info["decode_seconds"], x
+
+    def bare(x):
+        ready = preprocess(x.astype(np.float32))
+        start = time.perf_counter()
+        frozen.predict(ready, batch_size=batch_size, verbose=0)
+        return time.perf_counter() - start
+
+    ours_seconds, decode_seconds, bare_seconds = [], [], []
+    _, _, x = ours()  # warm-up round (file system cache, tf.data), not counted
+    for round_ in range(rounds):
+        if round_ % 2:
+            bare_seconds.append(bare(x))
+        seconds, decoding, x = ours()
+        ours_seconds.append(seconds)
+        decode_seconds.append(decoding)
+        if not round_ % 2:
+            bare_seconds.append(bare(x))
+    ratios = [b / o for b, o in zip(bare_seconds, ours_seconds, strict=True)]
     result = {
         "figure": f"4. Backbone feature extraction (MobileNetV2, {image_size} px, {len(x)} images)",
-        "bare images/s (decoded, preprocessed, in memory)": len(x) / bare,
-        "ours images/s (decode, resize, pipeline, backbone)": len(x) / ours,
-        "ours / bare": bare / ours, "target": ">= 0.9",
+        "rounds": rounds,
+        "bare images/s (decoded, preprocessed, in memory)": len(x) / statistics.median(bare_seconds),
+        "ours images/s (decode, resize, pipeline, backbone)": len(x) / statistics.median(ours_seconds),
+        "ours decode seconds (included)": statistics.median(decode_seconds),
+        "ours / bare per round": ", ".join(f"{r:.3f}" for r in ratios),
+        "ours / bare": statistics.median(ratios), "target": ">= 0.9",
     }
     result["met"] = result["ours / bare"] >= 0.9
     return result
@@ -285,7 +308,8 @@ def main(argv=None):
                                         rounds=3 if not args.quick else 1))
     if 4 in wanted:
         print("figure 4: backbone feature extraction ...", flush=True)
-        figures.append(backbone_extraction(folder, None if weights == "None" else weights, image_size, batch_size=32))
+        figures.append(backbone_extraction(folder, None if weights == "None" else weights, image_size, batch_size=32,
+                                           rounds=1 if args.quick else 3))
     if 5 in wanted:
         print("figure 5: time to accuracy ...", flush=True)
         figures.append(time_to_accuracy(folder if args.quick else args.data_dir, weights, work, extra))
