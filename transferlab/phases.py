@@ -17,6 +17,10 @@ from transferlab import data, distribute, feature_cache, models, records
 # fit's verbose=2, whose logger still has a per-step hook (see EpochLog).
 VERBOSE = 1 if sys.stdout.isatty() else 0
 
+# Images per batch in the one pass of the frozen layers over arrays. Larger batches were slower on the CPU
+# (MNIST's 18,065 task B digits: 5.4 s in batches of 1,024, 4.2 s in batches of 256, in a side measurement).
+EXTRACT_BATCH = 256
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Wall-clock seconds of each epoch and of the whole `fit`, and the history of every epoch.
@@ -228,10 +232,11 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     def extract(images, labels):
         """(features, where they came from, seconds)."""
         if cache == "disk":
-            batches = feed(images, labels) if feed else (images[i:i + 256] for i in range(0, len(images), 256))
+            batches = feed(images, labels) if feed else (images[i:i + EXTRACT_BATCH]
+                                                         for i in range(0, len(images), EXTRACT_BATCH))
             return feature_cache.cached(features, images, batches, preprocessing)
-        if feed is None:  # batches of 256: MNIST's 18,000 task B digits took 4.2 s here, 5.4 s in batches of 1,024
-            found, seconds = extract_features(features, images, batch_size=256)
+        if feed is None:
+            found, seconds = extract_features(features, images, batch_size=EXTRACT_BATCH)
         else:
             found, seconds = extract_features(features, feed(images, labels))
         return found, "memory", seconds
