@@ -56,6 +56,12 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     assert PLOTS <= set(os.listdir(folder))
     with open(os.path.join(folder, "history_fine_tune.csv")) as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1"]  # numbering goes on after the frozen phase
+    # Each phase's validation numbers are its last epoch's (fit validated the final weights already).
+    for name, phase in phases.items():
+        with open(os.path.join(folder, f"history_{name}.csv")) as f:
+            last = list(csv.DictReader(f))[-1]
+        assert phase["val_accuracy"] == pytest.approx(float(last["val_accuracy"]), abs=1e-6), name
+        assert phase["val_loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5), name
 
 
 def test_mobilenet_binary_with_augmentation_fits_the_frozen_stack(image_folder, tmp_path):
