@@ -7,10 +7,11 @@ import sys
 from conftest import ROOT
 
 FIGURES = {
-    "1. Frozen phase": {"published seconds", "ours seconds", "speed-up (published / ours)",
-                        "accuracy difference (points)", "met"},
+    "1. Frozen phase": {"rounds", "published seconds per round", "ours seconds per round", "published seconds",
+                        "ours seconds", "speed-up (published / ours)", "accuracy difference (points)", "met"},
     "2. Transfer vs base": {"base seconds", "transfer seconds", "transfer / base", "task B test acc", "met"},
-    "3. Harness overhead": {"bare steady epoch s", "ours steady epoch s", "bare / ours", "met"},
+    "3. Harness overhead": {"bare steady epoch s", "ours steady epoch s", "bare / ours per round", "bare / ours",
+                            "met"},
     "4. Backbone feature extraction": {"ours / bare", "ours / bare per round", "ours decode seconds (included)",
                                        "met"},
     "5. Time to accuracy": {"wall seconds", "val acc", "feature cache", "met"},
@@ -35,6 +36,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
                 signed = ("accuracy difference (points)", "seconds per added sample, last step / whole range",
                           "peak MB per 1k added samples")
                 assert value == value and (value >= 0 or name in signed), (name, value)
+    # Figure 1's one quick round: one run each way after the full run, whose base they reused.
+    assert figures[0]["rounds"] == 1 and len(figures[0]["ours seconds per round"].split(", ")) == 1
+    assert abs(figures[0]["published seconds"] - float(figures[0]["published seconds per round"])) < 0.05
+    assert figures[0]["base network"].startswith("trained once, in run ")
     assert figures[4]["feature cache"] == "miss"  # a cold start: the cache was empty
     assert len([name for name in figures[5] if name.split()[0].isdigit()]) == 3  # 4 and 16 per class, and all
     text = out.read_text()
