@@ -60,14 +60,19 @@ def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="a
     Call it again after changing any layer's `trainable`: Keras fixes the trainable set at compile time.
     `steps_per_execution` runs several batches per call into TensorFlow; for a small head on cached
     features this removes most of the per-step overhead without changing what is computed.
+    The metric's and the optimizer's variables are created here, not in the first training step: a variable
+    created while `fit` traces its step makes TensorFlow trace the step a second time (MobileNetV2 trained
+    from scratch: a first epoch of 15 s instead of 23 s on 20 images, in a side measurement).
     """
     binary = model.output_shape[-1] == 1
+    accuracy = keras.metrics.BinaryAccuracy if binary else keras.metrics.SparseCategoricalAccuracy
     model.compile(
         optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}}),
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=[accuracy(name="accuracy")],  # an object: its variables exist now ("accuracy" made them in `fit`)
         steps_per_execution=steps_per_execution,
     )
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
