@@ -91,7 +91,7 @@ def test_validation_on_cached_features_is_the_whole_models(cache, tmp_path):
 @pytest.mark.parametrize("classes", [2, 3])
 def test_a_compiled_classifier_traces_its_training_step_once(tmp_path, classes):
     # Metric and optimizer variables created inside the first step made TensorFlow trace it twice (on
-    # MobileNetV2 about 8 s of every phase's first epoch); compile_classifier creates them beforehand.
+    # MobileNetV2 about 12 s of every phase's first epoch); compile_classifier creates them beforehand.
     keras.utils.set_random_seed(0)
     model = models.stack((4,), [keras.layers.Dense(8, activation="relu"), models.output_layer(classes)], name="m")
     x, y = np.random.rand(64, 4).astype("float32"), np.arange(64) % classes

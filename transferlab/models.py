@@ -62,7 +62,7 @@ def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="a
     features this removes most of the per-step overhead without changing what is computed.
     The metric's and the optimizer's variables are created here, not in the first training step: a variable
     created while `fit` traces its step makes TensorFlow trace the step a second time (MobileNetV2 trained
-    from scratch: a first epoch of 15 s instead of 23 s on 20 images, in a side measurement).
+    from scratch: a first epoch of 10 s instead of 23 s on 20 images, in a side measurement).
     """
     binary = model.output_shape[-1] == 1
     accuracy = keras.metrics.BinaryAccuracy if binary else keras.metrics.SparseCategoricalAccuracy

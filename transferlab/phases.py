@@ -119,14 +119,14 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 def restore_checkpoint(run, phase, model):
-    """Load the newest checkpoint of `phase` into the compiled `model`; returns its JSON, or None."""
+    """Load the newest checkpoint of `phase` into the `model` compiled by models.compile_classifier (which built
+    the optimizer, so its saved moments have somewhere to go); returns its JSON, or None."""
     folder = run.file(os.path.join("checkpoints", phase))
     found = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
     if not found:
         return None
     with open(os.path.join(folder, found[-1]), encoding="utf-8") as f:
         state = json.load(f)
-    model.optimizer.build(model.trainable_variables)  # so its saved moments have somewhere to go
     model.load_weights(os.path.join(folder, found[-1].replace(".json", ".weights.h5")))
     for variable, value in zip(random_states(model), state["random_states"], strict=True):
         variable.assign(value)
