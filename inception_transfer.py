@@ -35,7 +35,7 @@ LEARNING_RATE = 1e-4  # RMSprop's, as published
 OPTIMIZER = "rmsprop"  # adam, rmsprop or sgd, in every phase
 STOP_AT_VAL_ACCURACY = 0.97  # stop a phase once validation accuracy reaches this (the course's callback); 1.0: never
 AUGMENT = True  # the published augmentation: rotation 40 degrees, shifts 0.2, shear and zoom 0.2, horizontal flips
-FEATURE_CACHE = True  # used when AUGMENT is off: backbone features once per image, kept on disk for later runs
+FEATURE_CACHE = True  # without AUGMENT: backbone features once per image (on disk); fine-tuning: frozen layers once
 FINE_TUNE_EPOCHS = 0  # epochs of phase "fine_tune" after the frozen phase (not in the course); 0 skips it
 FINE_TUNE_AT: int | str = "mixed6"  # first backbone layer to unfreeze, by index or name: mixed7's block trains
 FINE_TUNE_LEARNING_RATE = 1e-5  # low, so fine-tuning refines ImageNet's features, not erases them
@@ -170,11 +170,14 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
               f"{FINE_TUNE_EPOCHS} epochs")
         stop = StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
         if not run.restore("fine_tune", model):
-            timer = phases.fit(run, "fine_tune", model, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
-                               batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run,
-                               learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER, more_callbacks=[stop])
-            run.add_phase("fine_tune", phase_record(model, len(timer.history["loss"]), timer, stop,
-                                                    batch_size=BATCH_SIZE), model=model)
+            timer, cache = phases.fine_tune(
+                run, "fine_tune", model, backbone, keras.layers.Flatten(), head, x_train, y_train,
+                cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
+                epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE,
+                optimizer=OPTIMIZER, more_callbacks=[stop],
+            )
+            run.add_phase("fine_tune", phase_record(model, len(timer.history["loss"]), timer, stop, **cache),
+                          model=model)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees.
     y_pred = models.predict_classes(model, feed(x_val, y_val))

@@ -43,7 +43,7 @@ FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines Imag
 FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
 BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
 AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
-FEATURE_CACHE = True  # frozen phase: backbone features once per image (kept on disk for later runs), then the head
+FEATURE_CACHE = True  # backbone features once per image (on disk), then the head; fine-tuning: frozen layers once
 RUN_SCRATCH = True  # train the same network from random init: what did the ImageNet weights buy?
 SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
@@ -173,18 +173,22 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
                                                  validation=validation, **cache), model=model)
 
     # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate. Keras fixes
-    #    the trainable weights when compiling, so phases.fit compiles again; epochs go on numbering.
+    #    the trainable weights when compiling, so phases.fit compiles again; epochs go on numbering. The
+    #    layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
     if FINE_TUNE_EPOCHS:
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
         print(f"\n== fine_tune: layers {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, BatchNormalization "
               f"{'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}, {FINE_TUNE_EPOCHS} epochs")
         if not run.restore("fine_tune", model):
-            timer = phases.fit(run, "fine_tune", model, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
-                               batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS,
-                               learning_rate=FINE_TUNE_LEARNING_RATE, optimizer=OPTIMIZER)
+            timer, cache = phases.fine_tune(
+                run, "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, x_train, y_train,
+                cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
+                epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
+                optimizer=OPTIMIZER,
+            )
             validation, test_result = evaluate(model, timer.history)
             run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
-                                                      model, validation=validation, batch_size=BATCH_SIZE), model=model)
+                                                      model, validation=validation, **cache), model=model)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees. Without fine-tuning it is the
     #    frozen phase's model, whose validation features are in the disk cache: then only the head runs.

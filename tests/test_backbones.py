@@ -119,3 +119,22 @@ def test_pipeline_preprocesses_once_and_shuffles_only_for_training():
     epochs = [np.concatenate([b[1].numpy() for b in training]) for _ in range(6)]  # one pass per epoch
     assert all(sorted(epoch) == [0, 1, 2, 3] for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) > 1  # a new order each epoch
+
+
+def test_split_cuts_where_one_tensor_crosses_and_computes_the_backbone():
+    backbone, _ = small_mobilenet()
+    backbones.unfreeze(backbone, 100)  # block 11's first trainable layer; its shortcut from block 10 crosses too
+    bottom, top = backbones.split(backbone)
+    assert bottom.layers[-1].name == "block_10_project_BN" and bottom.trainable_weights == []
+    assert [id(w) for w in top.trainable_weights] == [id(w) for w in backbone.trainable_weights]  # the same variables
+    x = np.random.default_rng(0).uniform(-1, 1, size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(top(bottom(x, training=False), training=False), backbone(x, training=False),
+                               rtol=1e-5, atol=1e-5)
+
+    backbones.unfreeze(backbone, 56)  # block 6 has no shortcut: the cut is right before its first trainable layer
+    assert backbones.split(backbone)[0].layers[-1].name == "block_6_pad"  # (expand_relu and pad have no weights)
+    assert backbone.get_layer("block_6_depthwise").trainable_weights
+    backbones.unfreeze(backbone, 0)  # everything trains: nothing to cut off
+    assert backbones.split(backbone) == (None, None)
+    backbones.unfreeze(backbone, "out_relu")  # nothing with weights trains
+    assert backbones.split(backbone) == (None, None)

@@ -1,8 +1,10 @@
+import functools
+
 import keras
 import numpy as np
 import pytest
 
-from transferlab import models, phases
+from transferlab import backbones, models, phases
 
 
 class FakeRun:
@@ -102,3 +104,45 @@ def test_a_compiled_classifier_traces_its_training_step_once(tmp_path, classes):
     assert len(traced) == 1
     assert model.optimizer.iterations.numpy() == 8  # the prebuilt optimizer is the one that trained
     assert set(model.get_metrics_result()) == {"loss", "accuracy"}
+
+
+def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 3
+    feed = functools.partial(backbones.pipeline, preprocess=lambda images: images / 127.5 - 1, batch_size=8, seed=0)
+    runs = {}
+    for name, cache, limit in [("whole", False, phases.ACTIVATION_CACHE_BYTES), ("cached", True, 2**30),
+                               ("over the limit", True, 1000)]:
+        monkeypatch.setattr(phases, "ACTIVATION_CACHE_BYTES", limit)
+        keras.utils.set_random_seed(0)
+        backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None,
+                                                  alpha=0.35)
+        # Random weights under BatchNormalization's initial statistics shrink activations to ~1e-11 by the top
+        # (no gradient, nothing would train): one pass at momentum 0 sets the statistics to this data's.
+        backbones.set_batchnorm_momentum(backbone, 0.0)
+        backbone(x / 127.5 - 1, training=True)
+        features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
+        head = models.stack((1280,), [models.output_layer(3)], name="head")
+        model = models.stack((32, 32, 3), [features, head], name="model")
+        backbones.unfreeze(backbone, 100)
+        (tmp_path / name).mkdir()
+        timer, info = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
+                                       keras.layers.GlobalAveragePooling2D(), head, x[:18], y[:18], cache=cache,
+                                       validation_data=(x[18:], y[18:]), feed=feed, batch_size=8, epochs=2,
+                                       initial_epoch=1, learning_rate=1e-3)
+        runs[name] = model.get_weights(), timer.history, info
+    assert runs["cached"][2]["feature_cache"] == "memory" and runs["cached"][2]["cached_up_to"] == "block_10_project_BN"
+    assert runs["whole"][2] == runs["over the limit"][2] == {"feature_cache": "off", "batch_size": 8}
+    assert "above ACTIVATION_CACHE_BYTES, so every epoch runs the whole backbone" in capsys.readouterr().out
+    for name in ("cached", "over the limit"):
+        assert runs[name][1]["epoch"] == [1, 2]
+        np.testing.assert_allclose(runs[name][1]["val_loss"], runs["whole"][1]["val_loss"], rtol=1e-4)
+        for a, b in zip(runs[name][0], runs["whole"][0], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # Adam moved them up to 6e-3
+        assert runs[name][1]["loss"][1] < runs[name][1]["loss"][0]  # it did train
+    keras.utils.set_random_seed(0)
+    fresh = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35)
+    for layer in ("Conv_1", "block_11_depthwise"):  # the unfrozen layers trained
+        assert not np.allclose(fresh.get_layer(layer).weights[0].numpy(), backbone.get_layer(layer).weights[0].numpy())
+    assert np.array_equal(fresh.get_layer("block_10_project").kernel.numpy(),
+                          backbone.get_layer("block_10_project").kernel.numpy())  # and the frozen ones did not

@@ -121,15 +121,50 @@ def unfreeze(backbone, start, batchnorm_momentum=None):
     Recompile the model afterwards. Returns the number of trainable layers.
     """
     index = layer_index(backbone, start)
-    backbone.trainable = True
-    for layer in backbone.layers[:index]:
-        layer.trainable = False
+    backbone.trainable = True  # the model's own flag only: Keras 3 does not pass it on to a Functional's layers
+    for position, layer in enumerate(backbone.layers):
+        layer.trainable = position >= index
     if batchnorm_momentum is None:
         for layer in batchnorm_layers(backbone):
             layer.trainable = False
     else:
         set_batchnorm_momentum(backbone, batchnorm_momentum)
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def _tensors_crossing(backbone, index):
+    """The tensors that layers from `index` on take from layers before it, as {id: tensor}."""
+    position = {id(layer): i for i, layer in enumerate(backbone.layers)}
+    crossing = {}
+    for layer in backbone.layers[index:]:
+        for node in layer._inbound_nodes:  # Keras's graph: what each call of the layer took as input
+            for tensor in node.input_tensors:
+                if position.get(id(tensor._keras_history.operation), index) < index:
+                    crossing[id(tensor)] = tensor
+    return crossing
+
+
+def split(backbone):
+    """(bottom, top): the backbone, after `unfreeze`, cut in two where fine-tuning can start from cached
+    activations: `bottom` (images -> activations) holds only frozen layers, `top` (activations -> the
+    backbone's output) the rest, the same layer objects, so training `top` trains the backbone.
+
+    The cut is the latest point at or before the first layer with trainable weights where one tensor
+    alone crosses it (a residual block's shortcut would be a second). Frozen layers run in inference mode
+    (`unfreeze` keeps frozen BatchNormalization so), so `bottom` gives the same activations every epoch.
+    (None, None) when no frozen layer comes before the trainable ones, or none trains.
+    """
+    trainable = [i for i, layer in enumerate(backbone.layers) if layer.trainable_weights]
+    cut = trainable[0] if trainable else 0
+    while cut > 1 and len(_tensors_crossing(backbone, cut)) != 1:
+        cut -= 1
+    if cut <= 1:  # only the input layer before it: nothing to cache
+        return None, None
+    (activations,) = _tensors_crossing(backbone, cut).values()
+    name = activations._keras_history.operation.name
+    bottom = keras.Model(backbone.input, activations, name=f"{backbone.name}_to_{name}")
+    top = keras.Model(activations, backbone.output, name=f"{backbone.name}_from_{name}")
+    return bottom, top
 
 
 def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentation=None):

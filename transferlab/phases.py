@@ -10,12 +10,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, distribute, feature_cache, models, records
+from transferlab import backbones, data, distribute, feature_cache, models, records
 
 
 # A progress bar on a terminal. Elsewhere (a file, a CI log) EpochLog prints one line per epoch instead of
 # fit's verbose=2, whose logger still has a per-step hook (see EpochLog).
 VERBOSE = 1 if sys.stdout.isatty() else 0
+
+# Fine-tuning keeps the frozen bottom's activations of the training and validation images in memory up to
+# this many bytes; above it the images go through the whole backbone every epoch, as published.
+ACTIVATION_CACHE_BYTES = 2 * 2**30
 
 # Images per batch in the one pass of the frozen layers over arrays. Larger batches were slower on the CPU
 # (MNIST's 18,065 task B digits: 5.4 s in batches of 1,024, 4.2 s in batches of 256, in a side measurement).
@@ -196,7 +200,7 @@ def extract_features(frozen, x, batch_size=None):
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
              validation_data=None, augmentation=(), feed=None, preprocessing="", optimizer="adam",
-             more_callbacks=()):
+             more_callbacks=(), initial_epoch=0):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
     With a `cache`, the frozen layers run once over the training (and validation) images in inference
@@ -216,7 +220,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
-               "validation_data": validation_data, "epochs": epochs}
+               "validation_data": validation_data, "epochs": epochs, "initial_epoch": initial_epoch}
     if cache is None or features is None:  # the published way, or nothing frozen and so nothing to cache
         parts = [*augmentation, head] if features is None else [*augmentation, features, head]
         first = head if features is None else features
@@ -250,6 +254,36 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     info = {"feature_cache": status, "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
     return timer, info
+
+
+def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, validation_data, feed, batch_size,
+              **options):
+    """Phase `phase`: go on training `model` (images -> `backbone` -> `pooling` -> `head`) after
+    backbones.unfreeze. With `cache`, the backbone's frozen bottom (backbones.split) runs once over the
+    training and validation images and the rest of the model (its top, `pooling` (a new layer without
+    weights is fine), `head`: the same layers) trains on those activations, held in memory: the same
+    computation as the whole model's, without the frozen layers in every epoch. Without `cache` (an
+    augmented run, whose images change every epoch), when nothing before the unfrozen layers can be cut
+    off, or above ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
+    Returns (timer, info) like fit_head; info says feature_cache ("memory" or "off") and where the cut is."""
+    bottom, top = backbones.split(backbone) if cache else (None, None)
+    if bottom is not None:
+        images = len(x) + (len(validation_data[0]) if validation_data is not None else 0)
+        size = images * int(np.prod(top.input_shape[1:])) * 4
+        if size > ACTIVATION_CACHE_BYTES:
+            print(f"   {size / 2**30:.1f} GiB of activations: above ACTIVATION_CACHE_BYTES, so every epoch runs the "
+                  f"whole backbone")
+            bottom = None
+    if bottom is None:
+        timer = fit(run, phase, model, x, y, validation_data=validation_data, feed=feed, batch_size=batch_size,
+                    **options)
+        return timer, {"feature_cache": "off", "batch_size": batch_size}
+    print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
+    inputs = keras.Input(top.input_shape[1:])
+    rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
+    timer, info = fit_head(run, phase, bottom, rest, x, y, cache="memory", batch_size=batch_size,
+                           head_batch_size=batch_size, validation_data=validation_data, feed=feed, **options)
+    return timer, {**info, "cached_up_to": bottom.layers[-1].name}
 
 
 def trainable_params(model):
