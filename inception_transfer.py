@@ -164,13 +164,14 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
     #    BatchNormalization stays frozen: 2,000 photos cannot re-estimate ImageNet's statistics.
+    y_pred = None  # the final model's validation predictions, when fine-tuning in this process made them
     if FINE_TUNE_EPOCHS:
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT)
         print(f"\n== fine_tune: layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, "
               f"{FINE_TUNE_EPOCHS} epochs")
         stop = StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
         if not run.restore("fine_tune", model):
-            timer, cache = phases.fine_tune(
+            timer, cache, y_pred = phases.fine_tune(
                 run, "fine_tune", model, backbone, keras.layers.Flatten(), head, x_train, y_train,
                 cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
                 epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE,
@@ -180,7 +181,8 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
                           model=model)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees.
-    y_pred = models.predict_classes(model, feed(x_val, y_val))
+    if y_pred is None:
+        y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"InceptionV3 ({backbone_info['weights']}), validation, run {run.run_id}", seed=SEED)
 

@@ -175,12 +175,13 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
     # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate. Keras fixes
     #    the trainable weights when compiling, so phases.fit compiles again; epochs go on numbering. The
     #    layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
+    y_pred = None  # the final model's validation predictions, when a phase of this process made them
     if FINE_TUNE_EPOCHS:
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
         print(f"\n== fine_tune: layers {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, BatchNormalization "
               f"{'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}, {FINE_TUNE_EPOCHS} epochs")
         if not run.restore("fine_tune", model):
-            timer, cache = phases.fine_tune(
+            timer, cache, y_pred = phases.fine_tune(
                 run, "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, x_train, y_train,
                 cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
                 epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
@@ -190,12 +191,12 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
             run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
                                                       model, validation=validation, **cache), model=model)
 
-    # 7. Plots of the final transferred model: where it errs, and what it sees. Without fine-tuning it is the
-    #    frozen phase's model, whose validation features are in the disk cache: then only the head runs.
-    if not FINE_TUNE_EPOCHS and run.record["phases"]["transfer"]["feature_cache"] in ("hit", "miss"):
+    # 7. Plots of the final transferred model: where it errs, and what it sees. Fine-tuning gave its validation
+    #    predictions; without it, the frozen phase's validation features are in the disk cache: only the head runs.
+    if y_pred is None and not FINE_TUNE_EPOCHS and run.record["phases"]["transfer"]["feature_cache"] in ("hit", "miss"):
         val_features, _, _ = feature_cache.cached(features, x_val, feed(x_val, y_val), PREPROCESSING)
         y_pred = models.predict_classes(head, val_features)
-    else:
+    elif y_pred is None:  # a resumed run's restored fine-tuning
         y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"MobileNetV2 {DATASET}, validation, run {run.run_id}", seed=SEED)

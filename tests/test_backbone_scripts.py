@@ -51,6 +51,9 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     assert phases["transfer"]["trainable_params"] == 20_547 and phases["transfer"]["feature_cache"] == "miss"
     # The backbone's features of the training and the validation images are now on disk for the next run.
     assert len(glob.glob(str(cache_dir / "features" / "*.npy"))) == 2
+    # Fine-tuning from layer 100: the frozen layers below it ran once, the rest trained on their activations.
+    assert phases["fine_tune"]["feature_cache"] == "memory"
+    assert phases["fine_tune"]["cached_up_to"] == "block_10_project_BN"
     assert phases["transfer"]["trainable_params"] < phases["fine_tune"]["trainable_params"]
     assert phases["fine_tune"]["trainable_params"] < phases["scratch"]["trainable_params"]
     assert PLOTS <= set(os.listdir(folder))

@@ -126,12 +126,16 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
         model = models.stack((32, 32, 3), [features, head], name="model")
         backbones.unfreeze(backbone, 100)
         (tmp_path / name).mkdir()
-        timer, info = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
+        timer, info, predicted = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
                                        keras.layers.GlobalAveragePooling2D(), head, x[:18], y[:18], cache=cache,
                                        validation_data=(x[18:], y[18:]), feed=feed, batch_size=8, epochs=2,
                                        initial_epoch=1, learning_rate=1e-3)
         runs[name] = model.get_weights(), timer.history, info
-    assert runs["cached"][2]["feature_cache"] == "memory" and runs["cached"][2]["cached_up_to"] == "block_10_project_BN"
+        # the validation predictions it returns (for the plots) are the trained whole model's
+        np.testing.assert_array_equal(predicted, models.predict_classes(model, feed(x[18:], y[18:])))
+    cached = runs["cached"][2]
+    assert cached["feature_cache"] == "memory" and cached["cached_up_to"] == "block_10_project_BN"
+    assert cached["extra_seconds"] == pytest.approx(cached["feature_extraction_seconds"], abs=1e-3)
     assert runs["whole"][2] == runs["over the limit"][2] == {"feature_cache": "off", "batch_size": 8}
     assert "above ACTIVATION_CACHE_BYTES, so every epoch runs the whole backbone" in capsys.readouterr().out
     for name in ("cached", "over the limit"):

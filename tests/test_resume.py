@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, make_image_folder, run_script
 from transferlab import models, phases, records
 from transferlab.config import UserError
 
@@ -26,14 +26,14 @@ def args(mnist_dir, results):
     return [f"--epochs={EPOCHS}", "--deterministic=True", f"--data_dir={mnist_dir}", f"--results_dir={results}"]
 
 
-def record_of(results):
-    paths = glob.glob(os.path.join(results, "mnist", "*", "record.json"))
+def record_of(results, experiment="mnist"):
+    paths = glob.glob(os.path.join(results, experiment, "*", "record.json"))
     assert len(paths) == 1, paths
     with open(paths[0]) as f:
         return json.load(f), os.path.dirname(paths[0])
 
 
-def start_and_stop(command, results, phase, sig):
+def start_and_stop(command, results, phase, sig, experiment="mnist"):
     """Start `command` (a script and its arguments), wait until `phase` has finished two epochs, send
     `sig`; returns (exit code, stderr)."""
     process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE,
@@ -41,7 +41,7 @@ def start_and_stop(command, results, phase, sig):
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         try:
-            record, _ = record_of(results)
+            record, _ = record_of(results, experiment)
             if record.get("progress", {}).get("phase") == phase and record["progress"]["epochs_finished"] >= 2:
                 break
         except (AssertionError, ValueError, OSError):  # not created yet
@@ -92,6 +92,34 @@ def test_a_run_interrupted_then_killed_resumes_to_the_uninterrupted_record(mnist
     assert [r["status_before"] for r in record["resumed"]] == ["interrupted", "running"]
     assert outcome(folder, record) == expected
     assert not os.path.exists(os.path.join(folder, "checkpoints"))
+
+
+def test_fine_tuning_on_cached_activations_resumes_to_the_uninterrupted_record(tmp_path, cache_dir):
+    make_image_folder(tmp_path / "images", per_class=24, bad_files=False)
+    # BatchNormalization adapting: random weights under their initial statistics pass almost nothing to the
+    # top (see test_phases), the adapting layers above the cut bring the signal back, so the histories move.
+    common = [f"--data_dir={tmp_path / 'images'}", "--weights=None", "--image_size=32", "--epochs=1", "--head=8",
+              "--fine_tune_epochs=6", "--fine_tune_batchnorm=True", "--run_scratch=False", "--batch_size=8",
+              "--deterministic=True", "--tensorboard=False"]
+    result = run_script("mobilenet_transfer.py", *common, f"--results_dir={tmp_path / 'straight'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record, folder = record_of(tmp_path / "straight", "mobilenet")
+    assert record["phases"]["fine_tune"]["feature_cache"] == "memory"
+    expected = open(os.path.join(folder, "history_fine_tune.csv")).read()
+    assert len(set(line.split(",")[2] for line in expected.splitlines()[1:])) > 1  # the loss moved
+
+    results = tmp_path / "stopped"
+    code, err = start_and_stop([os.path.join(ROOT, "mobilenet_transfer.py"), *common, f"--results_dir={results}"],
+                               results, "fine_tune", signal.SIGTERM, "mobilenet")
+    record, folder = record_of(results, "mobilenet")
+    assert code == 130 and record["status"] == "interrupted", err[-3000:]
+    finished = record["progress"]["epochs_finished"]
+    resumed = run_script("mobilenet_transfer.py", *common, f"--results_dir={results}", "--resume=latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming phase fine_tune after epoch {finished}" in resumed.stdout
+    record, folder = record_of(results, "mobilenet")
+    assert record["status"] == "complete" and record["phases"]["fine_tune"]["feature_cache"] == "memory"
+    assert open(os.path.join(folder, "history_fine_tune.csv")).read() == expected
 
 
 def test_resume_is_refused_with_one_line_and_the_record_untouched(mnist_dir, tmp_path):

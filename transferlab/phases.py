@@ -260,16 +260,19 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
               **options):
     """Phase `phase`: go on training `model` (images -> `backbone` -> `pooling` -> `head`) after
     backbones.unfreeze. With `cache`, the backbone's frozen bottom (backbones.split) runs once over the
-    training and validation images and the rest of the model (its top, `pooling` (a new layer without
-    weights is fine), `head`: the same layers) trains on those activations, held in memory: the same
-    computation as the whole model's, without the frozen layers in every epoch. Without `cache` (an
-    augmented run, whose images change every epoch), when nothing before the unfrozen layers can be cut
-    off, or above ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
-    Returns (timer, info) like fit_head; info says feature_cache ("memory" or "off") and where the cut is."""
+    training and validation images (`feed(x, y)` pipelines) and the rest of the model (its top, `pooling`
+    (a new layer without weights is fine), `head`: the same layers) trains on those activations, held in
+    memory: the same computation as the whole model's, without the frozen layers in every epoch. Without
+    `cache` (an augmented run, whose images change every epoch), when nothing before the unfrozen layers
+    can be cut off, or above ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
+
+    Returns (timer, info, predicted): info for the phase record as fit_head's, saying feature_cache
+    ("memory" or "off") and where the cut is; predicted, the trained model's classes of the validation
+    images (from their activations when cached: no second pass of the backbone for the plots).
+    """
     bottom, top = backbones.split(backbone) if cache else (None, None)
     if bottom is not None:
-        images = len(x) + (len(validation_data[0]) if validation_data is not None else 0)
-        size = images * int(np.prod(top.input_shape[1:])) * 4
+        size = (len(x) + len(validation_data[0])) * int(np.prod(top.input_shape[1:])) * 4
         if size > ACTIVATION_CACHE_BYTES:
             print(f"   {size / 2**30:.1f} GiB of activations: above ACTIVATION_CACHE_BYTES, so every epoch runs the "
                   f"whole backbone")
@@ -277,13 +280,18 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     if bottom is None:
         timer = fit(run, phase, model, x, y, validation_data=validation_data, feed=feed, batch_size=batch_size,
                     **options)
-        return timer, {"feature_cache": "off", "batch_size": batch_size}
+        info = {"feature_cache": "off", "batch_size": batch_size}
+        return timer, info, models.predict_classes(model, feed(*validation_data))
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
     rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
-    timer, info = fit_head(run, phase, bottom, rest, x, y, cache="memory", batch_size=batch_size,
-                           head_batch_size=batch_size, validation_data=validation_data, feed=feed, **options)
-    return timer, {**info, "cached_up_to": bottom.layers[-1].name}
+    a_train, seconds = extract_features(bottom, feed(x, y))
+    a_val, val_seconds = extract_features(bottom, feed(*validation_data))
+    timer = fit(run, phase, rest, a_train, y, validation_data=(a_val, validation_data[1]), batch_size=batch_size,
+                steps_per_execution=32, **options)
+    info = {"feature_cache": "memory", "batch_size": batch_size, "cached_up_to": bottom.layers[-1].name,
+            "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds}
+    return timer, info, models.predict_classes(rest, a_val)
 
 
 def trainable_params(model):
