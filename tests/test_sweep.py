@@ -5,8 +5,11 @@ import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -58,6 +61,47 @@ def test_sweep_runs_each_combination_skips_complete_runs_and_reports_failures(mn
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.stdout.count("complete already, skipped") == 2 and again.returncode == 1
     assert len(glob.glob(os.path.join(folder, "mnist", "*", "record.json"))) == 2
+
+
+SLOW_RUN = """
+import os, signal, sys, time
+folder = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--results_dir=")][0]
+os.makedirs(folder, exist_ok=True)
+
+def stop(signum, frame):  # as records.Run does: note the interruption, then exit
+    with open(os.path.join(folder, "stopped"), "w") as f:
+        f.write(str(signum))
+    sys.exit(130)
+
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+with open(os.path.join(folder, "started"), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_sweep_interrupts_its_running_run_once_and_stops(tmp_path, sig):
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(SLOW_RUN))
+    process = subprocess.Popen([sys.executable, "-m", "transferlab.sweep", str(script), "--vary=x=1,2", "--seeds=1",
+                                f"--results_dir={tmp_path / 'results'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not glob.glob(str(tmp_path / "results" / "sweeps" / "*" / "started")) and time.time() < deadline:
+        time.sleep(0.05)
+    (folder,) = glob.glob(str(tmp_path / "results" / "sweeps" / "*"))
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "[1/2] --x=1 --seed=0: interrupted; run the same command again to finish the sweep" in err
+    assert "[2/2]" not in out  # the sweep stopped there
+    with open(os.path.join(folder, "stopped")) as f:
+        assert f.read() == str(int(sig))  # the run got the signal and recorded itself stopped
+    with open(os.path.join(folder, "started")) as f:
+        with pytest.raises(ProcessLookupError):  # and is gone, not left running
+            os.kill(int(f.read()), 0)
 
 
 def test_where_transfer_and_scratch_cross_and_what_transfer_saves(tmp_path):

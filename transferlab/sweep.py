@@ -6,7 +6,8 @@ Every combination of the varied constants runs once per seed (SEED = 0, 1, ...),
 as its own run of the script with its own record, in `RESULTS_DIR/sweeps/<sweep id>/` (the id is a hash of
 the script and the arguments, so the same command finds the same folder). A run that fails is recorded by
 the script and reported here, and the sweep goes on. Running the same command again skips the runs already
-complete: an interrupted sweep finishes where it stopped. At the end: the compare table of the sweep's runs
+complete: an interrupted sweep finishes where it stopped (Ctrl-C or SIGTERM to the sweep reaches the running
+run once, which records itself interrupted before the sweep stops). At the end: the compare table of the sweep's runs
 (grouped over seeds: mean ± std), and `sweep.png`, accuracy per phase against the first varied constant.
 """
 
@@ -17,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -178,6 +180,29 @@ def data_efficiency(records, rows, column):
     return lines
 
 
+def run_one(command):
+    """Run one run of the script: (exit code, stderr). The run has its own process group, so a terminal's
+    Ctrl-C reaches it only through here, once: SIGINT or SIGTERM to the sweep is passed on, the run records
+    itself interrupted and exits, and then KeyboardInterrupt stops the sweep (never a run left behind)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _, err = process.communicate()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
+    return process.returncode, err
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m transferlab.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("script")
@@ -204,12 +229,16 @@ def main(argv=None):
             print(f"[{i}/{len(runs)}] {label}: complete already, skipped")
             continue
         print(f"[{i}/{len(runs)}] {label} ...", flush=True)
-        result = subprocess.run([sys.executable, args.script, *passed, *flags, f"--results_dir={folder}"],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        try:
+            code, err = run_one([sys.executable, args.script, *passed, *flags, f"--results_dir={folder}"])
+        except KeyboardInterrupt:
+            print(f"[{i}/{len(runs)}] {label}: interrupted; run the same command again to finish the sweep",
+                  file=sys.stderr)
+            return 130
+        if code != 0:
+            reason = (err.strip().splitlines() or ["no output"])[-1]
             failed.append((label, reason))
-            print(f"[{i}/{len(runs)}] {label}: FAILED (exit {result.returncode}): {reason}")
+            print(f"[{i}/{len(runs)}] {label}: FAILED (exit {code}): {reason}")
     records = [r for r in complete_runs(folder) if any(matches(r, [*c.items(), ("SEED", str(s))]) for c, s in runs)]
     if records:
         columns, rows = compare.build_table(records)
