@@ -138,3 +138,15 @@ def test_split_cuts_where_one_tensor_crosses_and_computes_the_backbone():
     assert backbones.split(backbone) == (None, None)
     backbones.unfreeze(backbone, "out_relu")  # nothing with weights trains
     assert backbones.split(backbone) == (None, None)
+
+
+def test_split_never_caches_past_a_layer_that_is_random_while_training():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, name="frozen_dense")(inputs)
+    x = keras.layers.Dropout(0.5, name="drop")(x)  # frozen (no weights) but random in every training step
+    x = keras.layers.Dense(4, name="also_frozen")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="trains")(x))
+    backbones.unfreeze(model, "trains")
+    bottom, top = backbones.split(model)
+    assert bottom.layers[-1].name == "frozen_dense" and [layer.name for layer in top.layers[1:]] == [
+        "drop", "also_frozen", "trains"]

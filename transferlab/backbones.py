@@ -144,18 +144,24 @@ def _tensors_crossing(backbone, index):
     return crossing
 
 
+# Layers without weights that still compute something else while training: a cut never goes past one.
+RANDOM_WHILE_TRAINING = (keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise,
+                         keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+
+
 def split(backbone):
     """(bottom, top): the backbone, after `unfreeze`, cut in two where fine-tuning can start from cached
     activations: `bottom` (images -> activations) holds only frozen layers, `top` (activations -> the
     backbone's output) the rest, the same layer objects, so training `top` trains the backbone.
 
-    The cut is the latest point at or before the first layer with trainable weights where one tensor
-    alone crosses it (a residual block's shortcut would be a second). Frozen layers run in inference mode
-    (`unfreeze` keeps frozen BatchNormalization so), so `bottom` gives the same activations every epoch.
-    (None, None) when no frozen layer comes before the trainable ones, or none trains.
+    The cut is the latest point at or before the first layer with trainable weights (or a Dropout-like
+    layer) where one tensor alone crosses it (a residual block's shortcut would be a second). Frozen layers
+    run in inference mode (`unfreeze` keeps frozen BatchNormalization so), so `bottom` gives the same
+    activations every epoch. (None, None) when no frozen layer comes before the trainable ones, or none trains.
     """
-    trainable = [i for i, layer in enumerate(backbone.layers) if layer.trainable_weights]
-    cut = trainable[0] if trainable else 0
+    trainable = [i for i, layer in enumerate(backbone.layers)
+                 if layer.trainable_weights or isinstance(layer, RANDOM_WHILE_TRAINING)]
+    cut = trainable[0] if any(layer.trainable_weights for layer in backbone.layers) else 0
     while cut > 1 and len(_tensors_crossing(backbone, cut)) != 1:
         cut -= 1
     if cut <= 1:  # only the input layer before it: nothing to cache
