@@ -44,6 +44,7 @@ FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics ada
 BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
 AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
 FEATURE_CACHE = True  # backbone features once per image (on disk), then the head; fine-tuning: frozen layers once
+REUSE_TRANSFER = False  # take phase "transfer" from an earlier run in RESULTS_DIR with the same constants and data
 RUN_SCRATCH = True  # train the same network from random init: what did the ImageNet weights buy?
 SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
@@ -161,7 +162,12 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
     features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
     head = new_head()
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    if not run.restore("transfer", model):
+    # With --reuse_transfer=True a run whose frozen-phase constants, data, weights and code match an earlier
+    # run's takes that run's head (the record says which): a study of fine-tuning trains it once per seed.
+    same_transfer = ["DATASET", "VALIDATION_SPLIT", "IMAGE_SIZE", "HEAD", "EPOCHS", "BATCH_SIZE", "HEAD_BATCH_SIZE",
+                     "TASK_B_SAMPLES_PER_CLASS", "LEARNING_RATE", "OPTIMIZER", "AUGMENT", "FEATURE_CACHE", "SEED",
+                     "DETERMINISTIC", "MIXED_PRECISION"]
+    if not (run.restore("transfer", model) or REUSE_TRANSFER and run.reuse("transfer", model, same_transfer)):
         timer, cache = phases.fit_head(
             run, "transfer", features, head, x_train, y_train,
             cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing=PREPROCESSING,

@@ -67,6 +67,27 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
         assert phase["val_loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5), name
 
 
+def test_mobilenet_reuses_the_frozen_phase_of_a_run_with_the_same_constants(image_folder, tmp_path, cache_dir):
+    results = tmp_path / "results"
+    common = [f"--data_dir={image_folder}", "--weights=None", "--image_size=32", "--epochs=1", "--head=8",
+              "--fine_tune_epochs=1", "--run_scratch=False", "--tensorboard=False", f"--results_dir={results}"]
+    runs = []
+    for extra in (["--fine_tune_at=100"], ["--fine_tune_at=150", "--reuse_transfer=True"],
+                  ["--fine_tune_at=150", "--reuse_transfer=True", "--learning_rate=0.01"]):
+        result = run_script("mobilenet_transfer.py", *common, *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(result.stdout)
+    records = sorted((json.load(open(p)) for p in glob.glob(str(results / "mobilenet" / "*" / "record.json"))),
+                     key=lambda r: r["run_id"])
+    first, second, third = records
+    # Only fine-tuning differs: the frozen phase is the first run's (its record, marked), not trained again.
+    assert "reused from run" in runs[1]
+    assert second["phases"]["transfer"] == {**first["phases"]["transfer"], "reused_from": first["run_id"]}
+    assert second["phases"]["fine_tune"]["cached_up_to"] != first["phases"]["fine_tune"]["cached_up_to"]
+    # Another frozen-phase learning rate: trained.
+    assert "reused from run" not in runs[2] and "reused_from" not in third["phases"]["transfer"]
+
+
 def test_mobilenet_binary_with_augmentation_fits_the_frozen_stack(image_folder, tmp_path):
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder}", "--weights=None", "--image_size=32",

@@ -170,13 +170,15 @@ def find_resumable(results_dir, experiment, resume, config):
 
 
 def _same_inputs(ours, theirs, constants):
-    """Do two records agree on `constants`, the data, the code, the library versions and the distribution?"""
+    """Do two records agree on `constants`, the data, the code, the library versions, the distribution and
+    the pretrained backbone (its weights' sha256), if any?"""
     versions = ("git_commit", "tensorflow", "keras", "numpy")
     return (all(ours["config"].get(k, KeyError) == theirs.get("config", {}).get(k, KeyError) for k in constants)
             and ours["data"].get("sha256") is not None
             and ours["data"].get("sha256") == theirs.get("data", {}).get("sha256")
             and all(ours["environment"].get(k) == theirs.get("environment", {}).get(k) for k in versions)
-            and ours.get("distribute") == theirs.get("distribute"))
+            and ours.get("distribute") == theirs.get("distribute")
+            and ours.get("backbone") == theirs.get("backbone"))
 
 
 def _shown(constants, name):
