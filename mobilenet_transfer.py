@@ -202,7 +202,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
     if y_pred is None and not FINE_TUNE_EPOCHS and run.record["phases"]["transfer"]["feature_cache"] in ("hit", "miss"):
         val_features, _, _ = feature_cache.cached(features, x_val, feed(x_val, y_val), PREPROCESSING)
         y_pred = models.predict_classes(head, val_features)
-    elif y_pred is None:  # a resumed run's restored fine-tuning
+    elif y_pred is None:  # augmented, or a resumed run's restored fine-tuning: the whole model
         y_pred = models.predict_classes(model, feed(x_val, y_val))
     plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
                       f"MobileNetV2 {DATASET}, validation, run {run.run_id}", seed=SEED)

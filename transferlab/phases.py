@@ -200,7 +200,7 @@ def extract_features(frozen, x, batch_size=None):
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
              validation_data=None, augmentation=(), feed=None, preprocessing="", optimizer="adam",
-             more_callbacks=(), initial_epoch=0):
+             more_callbacks=()):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
     With a `cache`, the frozen layers run once over the training (and validation) images in inference
@@ -220,7 +220,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
-               "validation_data": validation_data, "epochs": epochs, "initial_epoch": initial_epoch}
+               "validation_data": validation_data, "epochs": epochs}
     if cache is None or features is None:  # the published way, or nothing frozen and so nothing to cache
         parts = [*augmentation, head] if features is None else [*augmentation, features, head]
         first = head if features is None else features
