@@ -40,6 +40,7 @@ OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
 FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
 FINE_TUNE_AT: int | str | None = None  # first backbone layer to unfreeze, by index or name (0: all of it)
 FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines ImageNet's features, not erases them
+SCHEDULE: str | None = None  # learning rate over fine_tune and scratch: "constant", or "cosine" (1 epoch warm-up)
 FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
 BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
 AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
@@ -60,13 +61,13 @@ RECIPES = {
     # statistics stay; only the top of the backbone (layers 100 on, of 154) is unfrozen.
     "folder": {"IMAGE_SIZE": 160, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4,
                "FINE_TUNE_EPOCHS": 10, "FINE_TUNE_AT": 100, "FINE_TUNE_LEARNING_RATE": 1e-5,
-               "FINE_TUNE_BATCHNORM": False},
+               "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False},
     # MNIST: 60,000 images far from ImageNet. Frozen ImageNet features give only about 61% here
     # (FINDINGS), so the whole backbone is fine-tuned, at Adam's usual 1e-3 (1e-4 reached 84% validation
     # after a fine-tuning epoch, too slow), and its BatchNormalization statistics must adapt.
     "mnist": {"IMAGE_SIZE": 32, "VALIDATION_SPLIT": 0.1, "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3,
               "FINE_TUNE_EPOCHS": 5, "FINE_TUNE_AT": 0, "FINE_TUNE_LEARNING_RATE": 1e-3,
-              "FINE_TUNE_BATCHNORM": True},
+              "SCHEDULE": "cosine", "FINE_TUNE_BATCHNORM": True},
 }
 CONFIG = config.configure(globals(), sys.argv[1:])
 
@@ -84,6 +85,7 @@ config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
 config.check(0 < VALIDATION_SPLIT < 1, f"--validation_split={VALIDATION_SPLIT}: must be in (0, 1)")
 config.check(BATCHNORM_MOMENTUM < 1, f"--batchnorm_momentum={BATCHNORM_MOMENTUM}: must be in (0, 1)")
 config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
+config.check(SCHEDULE in models.SCHEDULES, f"--schedule={SCHEDULE}: expected one of {', '.join(models.SCHEDULES)}")
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
 strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
 results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
@@ -191,7 +193,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
                 run, "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, x_train, y_train,
                 cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
                 epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
-                optimizer=OPTIMIZER,
+                optimizer=OPTIMIZER, schedule=SCHEDULE,
             )
             validation, test_result = evaluate(model, timer.history)
             run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
@@ -218,7 +220,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
         if not run.restore("scratch", scratch):
             timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
                                batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
-                               optimizer=OPTIMIZER)
+                               optimizer=OPTIMIZER, schedule=SCHEDULE)
             validation, test_result = evaluate(scratch, timer.history)
             run.add_phase("scratch", phases.summary(CLASS_NAMES, x_train, SCRATCH_EPOCHS, timer, test_result,
                                                     scratch, validation=validation, batch_size=BATCH_SIZE),

@@ -5,7 +5,12 @@ import numpy as np
 
 from transferlab.config import check
 
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
+
+# How the learning rate moves over a phase: "constant", or "cosine": a linear warm-up from 0 over the
+# phase's first epoch, then a cosine decay to 0 at its last step (what fine-tuning MobileNetV2 on MNIST
+# needed to end at the same accuracy on every seed; docs/results.md).
+SCHEDULES = ("constant", "cosine")
 
 
 def stack(input_shape, parts, name):
@@ -52,12 +57,27 @@ def output_layer(num_classes):
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32")
 
 
+def learning_rate_schedule(schedule, learning_rate, steps_per_epoch, epochs):
+    """The optimizer's learning rate for a phase of `epochs` epochs of `steps_per_epoch` steps (SCHEDULES):
+    a float for "constant", a keras LearningRateSchedule for "cosine" (with one epoch of warm-up, or none
+    when the phase has only one epoch)."""
+    check(schedule in SCHEDULES, f"--schedule={schedule}: expected one of {', '.join(SCHEDULES)}")
+    if schedule == "constant":
+        return learning_rate
+    total = max(1, steps_per_epoch * epochs)
+    warmup = steps_per_epoch if epochs > 1 else 0
+    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else learning_rate, total - warmup,
+                                                  warmup_target=learning_rate if warmup else None,
+                                                  warmup_steps=warmup)
+
+
 def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="adam"):
     """Compile for integer class labels with accuracy: every phase of every experiment here.
 
     The loss follows the output: one sigmoid unit gets binary cross-entropy, a softmax gets sparse
     categorical cross-entropy; the metric is logged as "accuracy" (and "val_accuracy") either way.
     Call it again after changing any layer's `trainable`: Keras fixes the trainable set at compile time.
+    `learning_rate` is a float or a schedule (learning_rate_schedule).
     `steps_per_execution` runs several batches per call into TensorFlow; for a small head on cached
     features this removes most of the per-step overhead without changing what is computed.
     The metric's and the optimizer's variables are created here, not in the first training step: a variable
@@ -67,7 +87,7 @@ def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="a
     binary = model.output_shape[-1] == 1
     accuracy = keras.metrics.BinaryAccuracy if binary else keras.metrics.SparseCategoricalAccuracy
     model.compile(
-        optimizer=keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": learning_rate}}),
+        optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate),
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
         metrics=[accuracy(name="accuracy")],  # an object: its variables exist now ("accuracy" made them in `fit`)
         steps_per_execution=steps_per_execution,

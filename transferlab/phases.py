@@ -83,6 +83,16 @@ class EpochLog(keras.callbacks.Callback):
             print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._start:.1f}s - {shown}", flush=True)
 
 
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the learning rate of each epoch's last step to its logs (so to the history CSV and the record):
+    under a schedule (models.learning_rate_schedule) it changes every step. Must come before the callbacks
+    that write the logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 def random_states(model):
     """The model's random-number states (the seed generators of Dropout and random augmentation layers):
     variables that are not weights, so `save_weights` leaves them out."""
@@ -139,11 +149,13 @@ def restore_checkpoint(run, phase, model):
 
 
 def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validation_data=None, feed=None,
-        steps_per_execution=1, optimizer="adam", initial_epoch=0, more_callbacks=()):
+        steps_per_execution=1, optimizer="adam", schedule="constant", initial_epoch=0, more_callbacks=()):
     """`model.fit` for one phase: compile first (Keras fixes the trainable weights at compile time, so
     this must follow any change to `trainable`), then fit with the phase's timer, CSV history, NaN guard
     and per-epoch checkpoint. A phase that continues another (fine-tuning) starts at `initial_epoch`, so
     its epochs go on numbering; a phase interrupted before goes on from its last finished epoch.
+    The learning rate follows `schedule` (models.SCHEDULES) over the phase's `epochs`, counted in optimizer
+    steps (restored with the checkpoint, so a resumed phase goes on where its schedule was).
 
     Images (`x`, `y` arrays, and `validation_data`) go into the model in batches of `batch_size`, each
     epoch in its own seeded order (data.epoch_batches), or through `feed(x, y, first_epoch)`, a tf.data
@@ -152,7 +164,9 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     """
     if tf.distribute.has_strategy():  # Keras 3.15 fails to run several steps per call under a tf.distribute
         steps_per_execution = 1       # strategy ("You must feed a value for placeholder"), so one per call
-    models.compile_classifier(model, learning_rate, steps_per_execution, optimizer)
+    steps_per_epoch = -(-len(x) // distribute.global_batch(batch_size))
+    rate = models.learning_rate_schedule(schedule, learning_rate, steps_per_epoch, epochs)
+    models.compile_classifier(model, rate, steps_per_execution, optimizer)
     end = initial_epoch + epochs
     state = restore_checkpoint(run, phase, model)
     history_csv = run.file(f"history_{phase}.csv")
@@ -169,7 +183,8 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         train, validation = distribute.sharded(train), validation and distribute.sharded(validation)
     else:
         train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
-    phase_callbacks = [  # in this order: the CSV row of an epoch is written before its checkpoint
+    phase_callbacks = [  # in this order: the learning rate is logged, then the CSV row written before the checkpoint
+        LearningRateLog(),
         timer,
         keras.callbacks.CSVLogger(history_csv, append=state is not None),
         Checkpoint(run, phase, timer),
