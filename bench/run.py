@@ -1,8 +1,12 @@
-"""Benchmarks, measured side by side on this machine, written to BENCHMARKS.md.
+"""Benchmarks, measured side by side on this machine, written as a Markdown page and a JSON of the figures.
 
-    python -m bench                                   # the full benchmarks on the data directory (minutes)
+    python -m bench                                   # the full benchmarks, into results/bench/ (about 35 minutes)
     python -m bench --data_dir=../shared/datasets --weights=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
-    python -m bench --quick --out=/tmp/BENCH.md       # tiny generated data: checks that every figure is produced
+    python -m bench --quick                           # tiny generated data: checks that every figure is produced
+    python -m bench --out=docs/benchmarks-run.md      # a full run that replaces the committed page
+
+Only a full run given `--out=` explicitly writes outside `results/`; a quick run never writes into docs/ (its
+numbers time nothing). docs/benchmarks.md explains the figures.
 
 Every comparison is a ratio of two numbers measured in the same `python -m bench` run, one after the other
 on the same data (these machines are noisy: absolute seconds across runs mean little). Per-epoch figures
@@ -40,6 +44,10 @@ from transferlab import backbones, data, feature_cache, folders, models, phases,
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+DEFAULT_OUT = os.path.join(ROOT, "results", "bench", "BENCHMARKS.md")
+QUICK_OUT = os.path.join(ROOT, "results", "bench", "BENCHMARKS-quick.md")
 
 
 def run_script(script, args, env=None):
@@ -323,14 +331,26 @@ def markdown(figures, environment, command):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny generated data: a smoke test, not timed")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny generated data: checks that every figure is produced; its numbers time nothing")
     parser.add_argument("--data_dir", default=os.environ.get(data.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared",
-                                                                                            "datasets")))
+                                                                                            "datasets")),
+                        help="folder with mnist.npz and cats_and_dogs_filtered/ (default: $TRANSFER_DATA_DIR, "
+                             "else ../shared/datasets)")
     parser.add_argument("--weights", default=os.path.join(ROOT, "..", "shared", "weights",
-                                                          "mobilenet_v2_1.0_224_no_top.weights.h5"))
-    parser.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+                                                          "mobilenet_v2_1.0_224_no_top.weights.h5"),
+                        help="MobileNetV2 no-top weights file (or imagenet: Keras's download)")
+    parser.add_argument("--out", help=f"the Markdown page to write, with a .json of the figures beside it (default: "
+                                      f"{os.path.relpath(DEFAULT_OUT, ROOT)}, or {os.path.relpath(QUICK_OUT, ROOT)} "
+                                      f"with --quick)")
     parser.add_argument("--figures", default="1,2,3,4,5,6", help="which figures to measure, e.g. --figures=5,6")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    elif args.quick and os.path.abspath(args.out).startswith(os.path.join(ROOT, "docs") + os.sep):
+        parser.exit(2, f"error: --quick --out={args.out}: a quick run times nothing and never replaces a committed "
+                       f"page; leave --out= out (it writes {os.path.relpath(QUICK_OUT, ROOT)})\n")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     wanted = {int(n) for n in args.figures.split(",")}
     work = tempfile.mkdtemp(prefix="transferlab-bench-")
     runtime.seed_everything(0)
@@ -366,10 +386,8 @@ def main(argv=None):
         figures.append(scaling(mnist_dir, weights, work, [4, 16, None] if args.quick else [100, 400, 1600, None]))
     text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
     records.write_json(args.out + ".json", figures)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with records.replacing(args.out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-    os.replace(tmp, args.out)
     print(text)
     return figures
 

@@ -1,6 +1,7 @@
 """`python -m bench --quick`: every figure is produced and well-formed (no timing assertions)."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -44,3 +45,14 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert len([name for name in figures[5] if name.split()[0].isdigit()]) == 3  # 4 and 16 per class, and all
     text = out.read_text()
     assert text.startswith("# Benchmarks") and text.count("\n## ") == 6 and "Measured with `python -m bench" in text
+
+
+def test_a_quick_benchmark_refuses_to_write_into_docs_and_touches_nothing(tmp_path):
+    page = pathlib.Path(ROOT, "docs", "benchmarks-run.md")
+    before = page.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out=docs/benchmarks-run.md"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --quick --out=docs/benchmarks-run.md: a quick "
+                                                             "run times nothing and never replaces a committed page")
+    assert page.read_bytes() == before and not page.with_name("benchmarks-run.md.json").exists()

@@ -96,6 +96,16 @@ def test_comments_and_help_text(tmp_path):
     assert "--task_b_classes=[7, 8, 9]" in text
 
 
+def test_help_shows_what_a_recipe_gives_each_none_constant(tmp_path):
+    ns = namespace(tmp_path)
+    ns["RECIPES"] = {"folder": {"DATA_DIR": "photos"}, "mnist": {"DATA_DIR": "digits", "EPOCHS": 3}}
+    lines = config.help_text(ns, ns["__file__"]).splitlines()
+    (data_dir,) = [line for line in lines if line.strip().startswith("--data_dir=")]
+    assert data_dir.endswith("folder with mnist.npz [None: 'photos' for folder, 'digits' for mnist]")
+    (epochs,) = [line for line in lines if line.strip().startswith("--epochs=")]
+    assert epochs.endswith("epochs per phase")  # not None: the value shown is the one that runs
+
+
 def test_script_help_lists_constants_and_exits_0():
     result = run_script("mnist_transfer.py", "--help")
     assert result.returncode == 0

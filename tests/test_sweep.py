@@ -143,3 +143,31 @@ def test_where_transfer_and_scratch_cross_and_what_transfer_saves(tmp_path):
     assert sweep.data_efficiency(records, rows, "epochs") == []
     assert sweep.plot(records, ["TASK_B_SAMPLES_PER_CLASS"], tmp_path / "sweep.png") == {"transfer": 3, "scratch": 3}
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+RECORDING_RUN = """
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+folder = os.path.join(args["results_dir"], "demo", "run-" + args["seed"])
+os.makedirs(folder)
+record = {"experiment": "demo", "run_id": "run-" + args["seed"], "status": "complete",
+          "config": {"SEED": int(args["seed"]), "EPOCHS": int(args["epochs"])},
+          "phases": {"transfer": {"train_samples": 10, "classes": [0, 1], "train_seconds": 1.0,
+                                  "steady_epoch_seconds": 0.1, "test_accuracy": 0.5 + int(args["seed"]) / 10}}}
+with open(os.path.join(folder, "record.json"), "w") as f:
+    json.dump(record, f)
+"""
+
+
+def test_a_sweep_without_vary_runs_the_defaults_once_per_seed_and_groups_them(tmp_path):
+    script = tmp_path / "demo.py"
+    script.write_text(textwrap.dedent(RECORDING_RUN))
+    result = subprocess.run([sys.executable, "-m", "transferlab.sweep", str(script), "--seeds=3", "--epochs=2",
+                             f"--results_dir={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sweep of 3 runs (1 combinations x 3 seeds)" in result.stdout
+    assert [line.split(" ...")[0] for line in result.stdout.splitlines() if line.endswith(" ...")] == [
+        "[1/3] --seed=0", "[2/3] --seed=1", "[3/3] --seed=2"]
+    assert "60.00% ± 10.00" in result.stdout  # one row: the mean and std of the seeds' 50, 60, 70%
+    assert not glob.glob(str(tmp_path / "results" / "sweeps" / "*" / "sweep.png"))  # nothing varied to plot against

@@ -240,7 +240,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m transferlab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", default=["results"], help="folders (or record.json files) to read")
     parser.add_argument("--experiment", help="only runs of this experiment (mnist, cifar10, ...)")
-    parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text",
+                        help="text for a terminal (default), markdown to paste into docs, csv for pandas")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a bar chart of accuracy and time")
     args = parser.parse_args(argv)
 

@@ -118,20 +118,28 @@ def comments(source):
 
 
 def help_text(namespace, script):
-    """The --help page: usage, the script's first docstring line, and every constant with its default."""
+    """The --help page: usage, the script's docstring, and every constant with its default. A constant whose
+    default is None and that a recipe fills (a script's RECIPES: {name: {CONSTANT: value}}) shows the value
+    it takes in each recipe."""
     values = constants(namespace)
     notes = {}
     if os.path.exists(script):
         with open(script, encoding="utf-8") as f:
             notes = comments(f.read())
-    doc = (namespace.get("__doc__") or "").strip().splitlines()
+    doc = (namespace.get("__doc__") or "").strip()
     lines = [f"usage: python {os.path.basename(script)} [--name=value ...] [--debug]", ""]
     if doc:
-        lines += [doc[0], ""]
+        lines += [doc, ""]
     lines.append("constants (override as --name=value; values are Python literals, else strings):")
     flags = {name: f"--{name.lower()}={values[name]!r}" for name in values}
     flags["DEBUG"] = "--debug"
     notes["DEBUG"] = "show tracebacks for bad input instead of one line"
+    recipes = namespace.get("RECIPES") or {}
+    for name in values:
+        filled = {recipe: settings[name] for recipe, settings in recipes.items() if name in settings}
+        if values[name] is None and filled:
+            shown = ", ".join(f"{value!r} for {recipe}" for recipe, value in filled.items())
+            notes[name] = f"{notes.get(name, '')} [None: {shown}]".strip()
     width = min(max(len(f) for f in flags.values()), 36)  # a long default does not push every comment away
     for name, flag in flags.items():
         lines.append(f"  {flag.ljust(width)}  {notes.get(name, '')}".rstrip())

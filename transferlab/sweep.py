@@ -1,6 +1,6 @@
 """Run one experiment script over a grid of constants and seeds, then compare exactly those runs.
 
-    python -m transferlab.sweep SCRIPT.py --vary=NAME=V1,V2,... [--vary=...] [--seeds=3] [--name=value ...]
+    python -m transferlab.sweep SCRIPT.py [--vary=NAME=V1,V2,...] [--vary=...] [--seeds=3] [--name=value ...]
 
 Every combination of the varied constants runs once per seed (SEED = 0, 1, ...), one after another, each
 as its own run of the script with its own record, in `RESULTS_DIR/sweeps/<sweep id>/` (the id is a hash of
@@ -205,14 +205,18 @@ def run_one(command):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m transferlab.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("script")
-    parser.add_argument("--vary", action="append", default=[], help="NAME=V1,V2,... (repeatable)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("script", help="the experiment script to run, e.g. mnist_transfer.py")
+    parser.add_argument("--vary", action="append", default=[],
+                        help="NAME=V1,V2,...: a constant and its values (repeatable: every combination runs); "
+                             "without it, the script's defaults run once per seed")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per combination, with SEED = 0, 1, ... (default 3)")
+    parser.epilog = ("Any other --name=value goes to every run (--results_dir= decides where the sweep folder "
+                     "goes). Run the same command again to finish an interrupted sweep.")
     args, passed = parser.parse_known_args(argv)
     if not os.path.isfile(args.script):
         raise SystemExit(f"error: no script {args.script!r}")
-    if not args.vary or args.seeds < 1:
-        raise SystemExit("error: give at least one --vary=NAME=V1,V2,... and --seeds >= 1")
+    if args.seeds < 1:
+        raise SystemExit("error: --seeds must be >= 1")
     varied = dict(parse_vary(v) for v in args.vary)
     results_dir = next((a.split("=", 1)[1] for a in passed if a.startswith("--results_dir=")), "results")
     passed = [a for a in passed if not a.startswith(("--results_dir=", "--seed="))]
@@ -243,11 +247,12 @@ def main(argv=None):
     if records:
         columns, rows = compare.build_table(records)
         print(compare.format_text(columns, rows))
-        plotted = plot(records, list(varied), os.path.join(folder, "sweep.png"))
-        print(f"plot: {os.path.join(folder, 'sweep.png')} (points: "
-              + ", ".join(f"{phase} {n}" for phase, n in plotted.items()) + ")")
-        for line in data_efficiency(records, rows, list(varied)[0].lower()):
-            print(line)
+        if varied:  # the plot and the data-efficiency answer are against the first varied constant
+            plotted = plot(records, list(varied), os.path.join(folder, "sweep.png"))
+            print(f"plot: {os.path.join(folder, 'sweep.png')} (points: "
+                  + ", ".join(f"{phase} {n}" for phase, n in plotted.items()) + ")")
+            for line in data_efficiency(records, rows, list(varied)[0].lower()):
+                print(line)
     for label, reason in failed:
         print(f"failed: {label}: {reason}")
     return 1 if failed else 0
