@@ -36,14 +36,13 @@ import sys
 import tempfile
 import time
 
+from transferlab import runtime  # first: a quiet TensorFlow start
+from transferlab import backbones, data, feature_cache, files, folders, models, phases
+
+import keras
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from transferlab import runtime  # noqa: E402  (first: a quiet TensorFlow start)
-from transferlab import backbones, data, feature_cache, folders, models, phases, records  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 DEFAULT_OUT = os.path.join(ROOT, "results", "bench", "BENCHMARKS.md")
@@ -385,8 +384,8 @@ def main(argv=None):
         print("figure 6: scaling ...", flush=True)
         figures.append(scaling(mnist_dir, weights, work, [4, 16, None] if args.quick else [100, 400, 1600, None]))
     text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
-    records.write_json(args.out + ".json", figures)
-    with records.replacing(args.out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    files.write_json(args.out + ".json", figures)
+    with files.replacing(args.out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
     return figures

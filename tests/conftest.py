@@ -8,7 +8,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 SHARED_MNIST = os.path.join(SHARED, "datasets", "mnist.npz")
-sys.path.insert(0, ROOT)
 
 
 def synthetic_digits(per_class, rng, num_classes=10):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-from transferlab import backbones, data, models
+from transferlab import backbones, files, models
 from transferlab.config import UserError
 
 import keras
@@ -76,7 +76,7 @@ def test_weights_from_a_file_are_loaded_and_pinned_by_sha256(tmp_path):
     saved.save_weights(path)
     loaded, info = backbones.load("InceptionV3", 80, str(path))
     assert np.array_equal(loaded.layers[1].weights[0].numpy(), saved.layers[1].weights[0].numpy())
-    assert info["weights"] == str(path) and info["weights_sha256"] == data.sha256(path)
+    assert info["weights"] == str(path) and info["weights_sha256"] == files.sha256(path)
     assert info["backbone"] == "InceptionV3" and info["input_size"] == 80
     cut = backbones.cut(loaded, "mixed7")
     assert cut.layers[-1].name == "mixed7" and cut.output_shape == (None, 3, 3, 768)

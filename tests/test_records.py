@@ -3,13 +3,13 @@ import os
 
 import pytest
 
-from transferlab import records
+from transferlab import files, records
 from transferlab.config import UserError
 
 
 def test_write_json_replaces_atomically_and_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "record.json"
-    records.write_json(path, {"status": "running"})
+    files.write_json(path, {"status": "running"})
     before = path.read_bytes()
     assert json.loads(before) == {"status": "running"}
 
@@ -19,7 +19,7 @@ def test_write_json_replaces_atomically_and_leaves_the_old_file_on_failure(tmp_p
 
     monkeypatch.setattr(records.json, "dump", broken_dump)
     with pytest.raises(OSError, match="disk full"):
-        records.write_json(path, {"status": "complete"})
+        files.write_json(path, {"status": "complete"})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["record.json"]  # no temporary file left behind
 

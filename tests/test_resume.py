@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_image_folder, run_script
-from transferlab import models, phases, records
+from transferlab import files, models, phases, records
 from transferlab.config import UserError
 
 EPOCHS = 8  # long enough on the tiny data to be stopped in the middle of a phase
@@ -151,7 +151,7 @@ def test_resume_is_refused_with_one_line_and_the_record_untouched(mnist_dir, tmp
 def write_record(results, run_id, **fields):
     folder = os.path.join(results, "demo", run_id)
     os.makedirs(folder)
-    records.write_json(os.path.join(folder, "record.json"),
+    files.write_json(os.path.join(folder, "record.json"),
                        {"run_id": run_id, "config": {"SEED": 1}, "environment": {"command": "x"}, **fields})
 
 

@@ -2,9 +2,9 @@
 pipeline that applies their own preprocessing exactly once, and freezing and unfreezing them safely.
 
 BatchNormalization: in this Keras version, calling a backbone with `training=False` does not keep its
-BatchNormalization layers in inference mode once the backbone is unfrozen (../shared/FINDINGS.md measured
-their moving statistics moving). What does hold is that a BatchNormalization layer whose own `trainable`
-is False runs in inference mode, so `unfreeze` sets it explicitly.
+BatchNormalization layers in inference mode once the backbone is unfrozen (measured: every moving statistic
+moved in one fine-tuning epoch; docs/design.md). What does hold is that a BatchNormalization layer whose own
+`trainable` is False runs in inference mode, so `unfreeze` sets it explicitly.
 """
 
 import os
@@ -12,7 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
-from transferlab import data, distribute
+from transferlab import compat, data, distribute, files
 from transferlab.config import UserError, check
 
 APPLICATIONS = {
@@ -61,11 +61,11 @@ def load(name, image_size, weights, **options):
         raise UserError(f"weights file {weights!r} does not fit {name} without its top ({reason})") from None
     if weights == "imagenet":
         path = os.path.join(keras_models_dir(), imagenet_file(name, image_size, **options))
-        source, digest = "imagenet", data.sha256(path) if os.path.isfile(path) else None
+        source, digest = "imagenet", files.sha256(path) if os.path.isfile(path) else None
     elif weights is None:
         source, digest = "random", None
     else:
-        source, digest = os.path.abspath(weights), data.sha256(weights)
+        source, digest = os.path.abspath(weights), files.sha256(weights)
     info = {"backbone": name, "input_size": image_size, "weights": source, "weights_sha256": digest,
             "layers": len(model.layers), **options}
     return model, info
@@ -93,7 +93,7 @@ def feature_extractor(backbone, pooling, frozen=True):
 
 
 def batchnorm_layers(model):
-    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in compat.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def set_batchnorm_momentum(model, momentum):
@@ -137,10 +137,9 @@ def _tensors_crossing(backbone, index):
     position = {id(layer): i for i, layer in enumerate(backbone.layers)}
     crossing = {}
     for layer in backbone.layers[index:]:
-        for node in layer._inbound_nodes:  # Keras's graph: what each call of the layer took as input
-            for tensor in node.input_tensors:
-                if position.get(id(tensor._keras_history.operation), index) < index:
-                    crossing[id(tensor)] = tensor
+        for tensor in compat.inbound_tensors(layer):
+            if position.get(id(compat.producer(tensor)), index) < index:
+                crossing[id(tensor)] = tensor
     return crossing
 
 
@@ -167,7 +166,7 @@ def split(backbone):
     if cut <= 1:  # only the input layer before it: nothing to cache
         return None, None
     (activations,) = _tensors_crossing(backbone, cut).values()
-    name = activations._keras_history.operation.name
+    name = compat.producer(activations).name
     bottom = keras.Model(backbone.input, activations, name=f"{backbone.name}_to_{name}")
     top = keras.Model(activations, backbone.output, name=f"{backbone.name}_from_{name}")
     return bottom, top

@@ -4,13 +4,13 @@ import collections
 import concurrent.futures
 import hashlib
 import os
-import secrets
 import time
 import zipfile
 
 import numpy as np
 import tensorflow as tf
 
+from transferlab import files
 from transferlab.config import UserError, check
 
 DATA_DIR_ENV = "TRANSFER_DATA_DIR"  # environment variable naming the data directory when DATA_DIR is None
@@ -25,14 +25,6 @@ def data_dir(configured):
     if chosen is not None:
         check(os.path.isdir(chosen), f"data directory {chosen!r} does not exist (--data_dir= or ${DATA_DIR_ENV})")
     return chosen
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_npz(path, image_shape, num_classes):
@@ -83,7 +75,7 @@ def load_keras_dataset(name, directory, image_shape, num_classes, download, clas
         path = os.path.join(directory, filename)
         if os.path.isfile(path):
             train, test = load_npz(path, image_shape, num_classes)
-            return train, test, {"source": os.path.abspath(path), "sha256": sha256(path)}
+            return train, test, {"source": os.path.abspath(path), "sha256": files.sha256(path)}
         tree = os.path.join(directory, name)
         if class_names is not None and os.path.isdir(os.path.join(tree, "train")):
             return load_image_tree(tree, class_names, image_shape)
@@ -97,7 +89,7 @@ def load_keras_dataset(name, directory, image_shape, num_classes, download, clas
             f"put Keras's {filename} (arrays {', '.join(ARRAY_KEYS)}){tree} there"
         ) from None
     cached = os.path.join(os.path.expanduser("~"), ".keras", "datasets", filename)
-    source = {"source": "download", "sha256": sha256(cached) if os.path.isfile(cached) else None}
+    source = {"source": "download", "sha256": files.sha256(cached) if os.path.isfile(cached) else None}
     train = (x_train, y_train.reshape(-1).astype(np.int64))
     test = (x_test, y_test.reshape(-1).astype(np.int64))
     return train, test, source
@@ -115,23 +107,23 @@ def list_image_tree(root, class_names):
         check(os.path.isdir(folder), f"image tree {root!r} has no {split}/ folder")
         extra = sorted(set(os.listdir(folder)) - set(class_names))
         check(not extra, f"{folder}: folders {extra} are not classes of this dataset ({', '.join(class_names)})")
-        files = []
+        found = []
         for label, name in enumerate(class_names):
             class_dir = os.path.join(folder, name)
             check(os.path.isdir(class_dir), f"image tree {root!r} has no {split}/{name}/ folder")
             entries = sorted((e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_SUFFIXES)),
                              key=lambda e: e.name)
-            files += [(e.path, e.stat().st_size, label) for e in entries]
-        check(files, f"{folder} holds no images (.png, .jpg, ...)")
-        listing[split] = files
+            found += [(e.path, e.stat().st_size, label) for e in entries]
+        check(found, f"{folder} holds no images (.png, .jpg, ...)")
+        listing[split] = found
     return listing
 
 
 def tree_key(root, listing):
     """A hash of every file's path (relative to the tree), size and label: it changes when the tree does."""
     digest = hashlib.sha256()
-    for split, files in listing.items():
-        for path, size, label in files:
+    for split, entries in listing.items():
+        for path, size, label in entries:
             digest.update(f"{split}\t{os.path.relpath(path, root)}\t{size}\t{label}\n".encode())
     return digest.hexdigest()
 
@@ -218,24 +210,20 @@ def load_image_tree(root, class_names, image_shape):
     print(f"decoding {sum(len(f) for f in listing.values())} images under {root} (cached for next time) ...")
     start = time.perf_counter()
     arrays, modes = {}, []
-    for split, files in listing.items():
-        arrays[f"x_{split}"], split_modes = decode_images([f[0] for f in files], image_shape)
-        arrays[f"y_{split}"] = np.array([f[2] for f in files], dtype=np.uint8)
+    for split, entries in listing.items():
+        arrays[f"x_{split}"], split_modes = decode_images([f[0] for f in entries], image_shape)
+        arrays[f"y_{split}"] = np.array([f[2] for f in entries], dtype=np.uint8)
         modes += split_modes
     source["decode_seconds"] = round(time.perf_counter() - start, 3)
     source["converted_images"] = report_conversions(modes, wanted, root)
     arrays["converted_modes"] = np.array(list(source["converted_images"]), dtype=str)
     arrays["converted_counts"] = np.array(list(source["converted_images"].values()), dtype=np.int64)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz"
     try:
         os.makedirs(cache_dir(), exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with files.replacing(path) as tmp:
+            np.savez(tmp, **arrays)
     except OSError as error:  # a read-only home is no reason to stop: the run just decodes every time
         print(f"warning: could not write the decoded-image cache {path}: {error.strerror}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     train = (arrays["x_train"], arrays["y_train"].astype(np.int64))
     test = (arrays["x_test"], arrays["y_test"].astype(np.int64))
     return train, test, {**source, "cache": "miss"}

@@ -17,7 +17,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from transferlab import data
+from transferlab import compat, data
 from transferlab.config import UserError, check
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
@@ -40,7 +40,7 @@ def start(name, precision, resume=None):
     gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start TF's runtime,
     if name == "multi_worker":                       # after which a multi-worker cluster can no longer be set up
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        _patch_keras_for_multi_worker()
+        compat.patch_keras_for_multi_worker()
     elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
@@ -116,40 +116,3 @@ def sharded(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def _patch_keras_for_multi_worker():
-    """Keras 3.15's `fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585, open): before the
-    first step it averages a whole input batch across workers with one `strategy.reduce` call, which that
-    strategy cannot do for a tuple; and it averages the scalar loss and metrics over axis 0, which a scalar
-    has not. Both only gather values for logging or for shape inference; the gradients are reduced by the
-    strategy itself. These two replacements fix exactly those steps and nothing else."""
-    from keras.src.backend.tensorflow import trainer
-
-    if getattr(trainer, "_transferlab_patched", False):
-        return
-    reduce_per_replica = trainer.reduce_per_replica
-
-    def reduce_scalars_too(values, strategy, reduction="auto"):
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            def mean(value):
-                rank = strategy.experimental_local_results(value)[0].shape.rank
-                return strategy.reduce("MEAN", value, axis=0 if rank else None)
-            return tf.nest.map_structure(mean, values)
-        return reduce_per_replica(values, strategy, reduction)
-
-    def build_from_local_batch(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = next(batches)
-                break
-            local = self.distribute_strategy.experimental_local_results
-            data_batch = tf.nest.map_structure(lambda value: local(value)[0], data_batch)
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    trainer.reduce_per_replica = reduce_scalars_too
-    trainer.TensorFlowTrainer._maybe_symbolic_build = build_from_local_batch
-    trainer._transferlab_patched = True

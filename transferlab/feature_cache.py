@@ -20,9 +20,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, records
+from transferlab import data, files
 
-CHUNK = 1 << 24  # bytes read at a time when hashing a file
 LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
 DEFAULT_LIMIT_GB = 10
 
@@ -59,14 +58,6 @@ def _output_shape(layer):
         return None
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load(entry):
     """The cached features of `entry` (a path without suffix) as a read-only memory map, or None when
     there is no entry or it is damaged (then it is removed, with a warning)."""
@@ -76,7 +67,7 @@ def load(entry):
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        if file_sha256(array_path) != meta["sha256"]:
+        if files.sha256(array_path) != meta["sha256"]:
             raise ValueError("checksum mismatch")
         features = np.load(array_path, mmap_mode="r", allow_pickle=False)
         if list(features.shape) != meta["shape"]:
@@ -95,7 +86,7 @@ def extract(frozen, batches, count, entry):
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
     them as a read-only memory map."""
     os.makedirs(os.path.dirname(entry), exist_ok=True)
-    with records.replacing(f"{entry}.npy") as tmp:
+    with files.replacing(f"{entry}.npy") as tmp:
         out, done = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
@@ -113,8 +104,8 @@ def extract(frozen, batches, count, entry):
         out.flush()
         shape = list(out.shape)
         del out  # close the memory map before renaming the file
-        checksum = file_sha256(tmp)
-    records.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
+        checksum = files.sha256(tmp)
+    files.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
     return np.load(f"{entry}.npy", mmap_mode="r", allow_pickle=False)
 
 

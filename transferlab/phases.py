@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import backbones, data, distribute, feature_cache, models, records
+from transferlab import backbones, data, distribute, feature_cache, files, models, records
 
 
 # A progress bar on a terminal. Elsewhere (a file, a CI log) EpochLog prints one line per epoch instead of
@@ -119,7 +119,7 @@ class Checkpoint(keras.callbacks.Callback):
         os.makedirs(self.folder, exist_ok=True)
         done = epoch + 1
         records.save_weights(self.model, os.path.join(self.folder, f"epoch-{done:04d}.weights.h5"))
-        records.write_json(os.path.join(self.folder, f"epoch-{done:04d}.json"), {
+        files.write_json(os.path.join(self.folder, f"epoch-{done:04d}.json"), {
             "epochs_finished": done,
             "random_states": [np.asarray(v.numpy()).tolist() for v in random_states(self.model)],
             "epoch_seconds": self.timer.epoch_seconds,

@@ -8,6 +8,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
+from transferlab import files  # noqa: E402
+
 
 def learning_curves(histories, path, title=""):
     """Loss and accuracy per epoch for every phase ({phase: history}, as Run.histories reads them) in one
@@ -88,8 +90,8 @@ def predictions(folder, images, y_true, y_pred, class_names, title="", seed=0):
 
 def save(fig, path):
     """Save under a temporary name, then rename: a crash never leaves a half-written image."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with files.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

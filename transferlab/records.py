@@ -1,6 +1,5 @@
 """Run records: one folder per run under results/<experiment>/<run_id>/ with record.json written atomically."""
 
-import contextlib
 import csv
 import datetime
 import json
@@ -12,37 +11,12 @@ import shutil
 import signal
 import sys
 
+from transferlab import files
 from transferlab.config import UserError
 
 RECORD = "record.json"
 
 
-@contextlib.contextmanager
-def replacing(path):
-    """Yield a temporary path beside `path` to write to; on success it is renamed over `path`, on any
-    failure removed. A crash at any moment leaves either the old file or the new one, never half of one.
-    The temporary name keeps `path`'s file name at its end (Keras insists on ".weights.h5")."""
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    tmp = os.path.join(folder, f".{os.getpid()}.{secrets.token_hex(4)}.tmp.{name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    """Write JSON to a temporary file in the same folder, fsync it, then rename it over `path`."""
-    with replacing(path) as tmp:
-        # O_EXCL: never write into someone else's file; mode 0o666 less the umask, like any new file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def now():
@@ -81,7 +55,7 @@ def check_writable(folder):
 
 def save_weights(model, path):
     """`model.save_weights(path)`, atomically (see `replacing`)."""
-    with replacing(path) as tmp:
+    with files.replacing(path) as tmp:
         model.save_weights(tmp)
 
 
@@ -103,7 +77,7 @@ def truncate_history(path, epochs):
         return
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with files.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) < epochs])
 
 
@@ -237,7 +211,7 @@ class Run:
         return os.path.join(self.dir, name)
 
     def save(self):
-        write_json(self.path, self.record)
+        files.write_json(self.path, self.record)
 
     def add_phase(self, name, phase, model=None):
         """Record a finished phase, after saving its model's weights (when given) for a resumed run."""
@@ -275,7 +249,7 @@ class Run:
             model.load_weights(weights)
             history = os.path.join(parent, run_id, f"history_{name}.csv")
             if os.path.exists(history):
-                with replacing(self.file(f"history_{name}.csv")) as tmp:
+                with files.replacing(self.file(f"history_{name}.csv")) as tmp:
                     shutil.copyfile(history, tmp)
             phase = record["phases"][name]
             self.add_phase(name, {**phase, "reused_from": phase.get("reused_from", run_id)}, model=model)
