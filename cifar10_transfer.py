@@ -7,6 +7,11 @@ Two departures from the published script, both fixes: each task's training image
 seed before the 80/20 train/validation split (the published script sliced without shuffling), and task B's
 labels 5-9 are remapped to 0-4 for a 5-way head (the published head had 10 outputs, 5 of them never used).
 
+Task A is the classes the base network learns first, task B the held-out ones. The features are the
+convolution layers, the head the dense layers on top. Phases, each recorded on its own: "base" (the whole
+network on task A), "transfer" (a new head on the frozen features, task B), "scratch" (the same network from
+random weights on task B: what did transfer buy?).
+
     python cifar10_transfer.py                                  # the whole experiment
     python cifar10_transfer.py --data_dir=../shared/datasets    # offline: cifar10.npz or cifar10/train/...
     python cifar10_transfer.py --help                           # every constant with its default
@@ -29,7 +34,7 @@ HEAD_BATCH_SIZE = 100  # batch size for the head on cached features
 LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
 VALIDATION_FRACTION = 0.2  # share of each task's training images held out for validation, as published
 SEED = 42  # one seed for Python, numpy, TensorFlow and the train/validation shuffle
-DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
 REUSE_BASE = False  # take phase "base" from an earlier run in RESULTS_DIR with the same task A constants
@@ -37,12 +42,16 @@ RUN_SCRATCH = True  # train the same network from random init on task B: what di
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with cifar10.npz or cifar10/train/<class>/; None: $TRANSFER_DATA_DIR
-DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/cifar10/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
+# The constants a reusable phase depends on: with --reuse_base=True a run takes phase "base" from an earlier
+# run only when these (and the data, code, library versions and distribution) are the same.
+PHASE_INPUTS = {"base": ["TASK_A_CLASSES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DETERMINISTIC", "AUGMENT",
+                         "VALIDATION_FRACTION"]}
 CONFIG = config.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants before any work, so a typo costs a second, not a training run.
@@ -129,9 +138,7 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
     # With --reuse_base=True a run whose base constants, data and code match an earlier run's takes that
     # run's base network (the record says which) instead of training the same network again: a study that
     # varies only task B then trains the base once per seed.
-    same_base = ["TASK_A_CLASSES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DETERMINISTIC", "AUGMENT",
-                 "VALIDATION_FRACTION"]
-    if not (run.restore("base", base) or REUSE_BASE and run.reuse("base", base, same_base)):
+    if not (run.restore("base", base) or REUSE_BASE and run.reuse("base", base, PHASE_INPUTS["base"])):
         timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
                            learning_rate=LEARNING_RATE, validation_data=tasks["a_validation"])
         validation, test = evaluate(base, "a")

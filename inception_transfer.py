@@ -5,6 +5,10 @@ Published: 96% validation accuracy on cats vs dogs (InceptionV3 at 150x150, 20 e
 RMSprop 1e-4). Fine-tuning and the from-scratch baseline are there as constants, off by default: the
 course had neither, and InceptionV3 from scratch is expensive on a CPU.
 
+The backbone is InceptionV3 up to CUT_LAYER; the head is the new dense layers on top. Phases, each recorded
+on its own: "transfer" (the head on the frozen backbone), "fine_tune" (the backbone from FINE_TUNE_AT on
+unfrozen too) and "scratch" (the same network from random weights).
+
     python inception_transfer.py --data_dir=../shared/datasets               # ImageNet weights: Keras's download
     python inception_transfer.py --data_dir=../shared/datasets --weights=None --epochs=2   # runs anywhere
     python inception_transfer.py --help                                       # every constant with its default
@@ -20,13 +24,13 @@ import keras
 
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value.
-DATA_DIR: str | None = None  # a folder with train/<class>/ or holding cats_and_dogs_filtered/; None: $TRANSFER_DATA_DIR
+DATA_DIR: str | None = None  # a folder with train/<class>/; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
 VALIDATION_SPLIT = 0.2  # share of train/ that validates (seeded) when there is no validation/ folder
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE = 150  # input pixels per side, as published
 CUT_LAYER = "mixed7"  # the backbone ends here: mid-level features transfer better than ImageNet's last ones
 HEAD_WIDTH = 1024  # Flatten -> Dense(HEAD_WIDTH, relu) -> Dropout -> output, as published
-DROPOUT = 0.2
+DROPOUT = 0.2  # share of the head's Dense outputs dropped while training, as published
 EPOCHS = 20  # epochs of the frozen phase "transfer", as published
 BATCH_SIZE = 20  # as published
 HEAD_BATCH_SIZE = 20  # batch size for the head on cached features (when AUGMENT is off)
@@ -43,8 +47,8 @@ RUN_SCRATCH = False  # train the same network from random init (expensive: every
 SCRATCH_EPOCHS = 20  # epochs of phase "scratch"
 BATCHNORM_MOMENTUM = 0.9  # for the BatchNormalization of the scratch network; Keras's 0.99 lags for few epochs
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
-DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
-DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
+DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/inception/<run_id>/

@@ -4,6 +4,11 @@ Reproduces the published MNIST transfer experiment (features Conv32-Conv32-Pool-
 head A Dense 64-16-7, head B Dense 128-16-3, Adam, 10 epochs per phase) and adds the baseline it never
 had: the same network trained from scratch on digits 7-9 for the same epochs.
 
+Task A is the digits the base network learns first (0-6), task B the held-out ones (7-9). The features are
+the convolution layers, the head the dense layers on top. A run has three phases, each recorded on its own:
+"base" (features and head A on task A), "transfer" (a new head B on the frozen features, task B) and
+"scratch" (features and head B from random weights on task B: what did transfer buy?).
+
     python mnist_transfer.py                                   # the whole experiment
     python mnist_transfer.py --epochs=2 --task_b_classes=5,6,7,8,9
     python mnist_transfer.py --data_dir=../shared/datasets     # offline: a folder holding mnist.npz
@@ -23,10 +28,10 @@ TASK_A_CLASSES = [0, 1, 2, 3, 4, 5, 6]  # digits the base network learns (phase 
 TASK_B_CLASSES = [7, 8, 9]  # held-out digits for the new head (phases "transfer" and "scratch")
 EPOCHS = 10  # epochs in every phase, as published
 BATCH_SIZE = 32  # batch size for base and scratch (Keras's default, as published)
-HEAD_BATCH_SIZE = 1024  # batch size for the head on cached features (README: fewer steps, within 2 test images)
+HEAD_BATCH_SIZE = 1024  # batch size for the head on cached features (BATCH_SIZE's 32 scores the same, slower)
 LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
 SEED = 42  # one seed for Python, numpy and TensorFlow
-DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on any hardware (README)
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
 REUSE_BASE = False  # take phase "base" from an earlier run in RESULTS_DIR with the same task A constants
@@ -34,12 +39,15 @@ RUN_SCRATCH = True  # train the same network from random init on task B: what di
 FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only the head on their output
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with mnist.npz or mnist/train/<digit>/; None: $TRANSFER_DATA_DIR
-DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mnist/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
+# The constants a reusable phase depends on: with --reuse_base=True a run takes phase "base" from an earlier
+# run only when these (and the data, code, library versions and distribution) are the same.
+PHASE_INPUTS = {"base": ["TASK_A_CLASSES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DETERMINISTIC", "AUGMENT"]}
 CONFIG = config.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants before any work, so a typo costs a second, not a training run.
@@ -127,8 +135,7 @@ with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, r
     # With --reuse_base=True a run whose base constants, data and code match an earlier run's takes that
     # run's base network (the record says which) instead of training the same network again: a study that
     # varies only task B then trains the base once per seed.
-    same_base = ["TASK_A_CLASSES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DETERMINISTIC", "AUGMENT"]
-    if not (run.restore("base", base) or REUSE_BASE and run.reuse("base", base, same_base)):
+    if not (run.restore("base", base) or REUSE_BASE and run.reuse("base", base, PHASE_INPUTS["base"])):
         timer = phases.fit(run, "base", base, xa_train, ya_train, epochs=EPOCHS, batch_size=BATCH_SIZE,
                            learning_rate=LEARNING_RATE)
         test = base.evaluate(xa_test, ya_test, batch_size=1024, verbose=0)

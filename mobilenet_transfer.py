@@ -6,9 +6,14 @@ phase, then the top of the backbone unfrozen at a low learning rate) with the pu
 MobileNetV2-on-MNIST experiment (32x32 RGB digits), done right. Adds the baseline neither had: the same
 network trained from random initialisation for as many epochs as transfer had.
 
+The backbone is MobileNetV2 without its classifier; the head is the new dense layers on top. Phases, each
+recorded on its own: "transfer" (the head on the frozen backbone), "fine_tune" (the top of the backbone
+unfrozen too, at a low learning rate) and "scratch" (the same network from random weights). DATASET picks a
+recipe: every constant left at None takes the recipe's value (shown below).
+
     WEIGHTS=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5    # offline here; elsewhere "imagenet"
     python mobilenet_transfer.py --data_dir=../shared/datasets --weights=$WEIGHTS
-    python mobilenet_transfer.py --data_dir=my_photos          # my_photos/train/<class>/*.jpg (+ validation/)
+    python mobilenet_transfer.py --data_dir=my_photos --weights=$WEIGHTS   # my_photos/train/<class>/*.jpg
     python mobilenet_transfer.py --dataset=mnist --data_dir=../shared/datasets --weights=$WEIGHTS
     python mobilenet_transfer.py --help                        # every constant with its default
 """
@@ -26,10 +31,10 @@ import tensorflow as tf
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value. None: the dataset's recipe.
 DATASET = "folder"  # "folder": class subfolders of images (cats vs dogs by default); "mnist": digits as RGB
-DATA_DIR: str | None = None  # a folder with train/<class>/ (or holding cats_and_dogs_filtered/, or mnist.npz)
+DATA_DIR: str | None = None  # train/<class>/ folders, or one holding mnist.npz; None: $TRANSFER_DATA_DIR, else download
 VALIDATION_SPLIT: float | None = None  # share of the training images that validates when there is no validation/
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
-IMAGE_SIZE: int | None = None  # input pixels per side (recipe: 160 for folders, as the tutorial; 32 for MNIST)
+IMAGE_SIZE: int | None = None  # input pixels per side
 HEAD = [1024, 1024, 512]  # hidden Dense(relu) widths between the pooled features and the output, as published
 EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
 BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
@@ -40,22 +45,27 @@ OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
 FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
 FINE_TUNE_AT: int | str | None = None  # first backbone layer to unfreeze, by index or name (0: all of it)
 FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines ImageNet's features, not erases them
-SCHEDULE: str | None = None  # learning rate over fine_tune and scratch: "constant", or "cosine" (1 epoch warm-up)
+SCHEDULE: str | None = None  # learning rate over fine_tune and scratch: constant, cosine (to 0), warmup_cosine
 FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
-BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags for a few epochs (FINDINGS)
+BATCHNORM_MOMENTUM = 0.9  # for BatchNormalization that trains; Keras's 0.999 lags behind for a few epochs
 AUGMENT = False  # random flips/rotations of training images (turns the feature cache off)
 FEATURE_CACHE = True  # backbone features once per image (on disk), then the head; fine-tuning: frozen layers once
 REUSE_TRANSFER = False  # take phase "transfer" from an earlier run in RESULTS_DIR with the same constants and data
 RUN_SCRATCH = True  # train the same network from random init: what did the ImageNet weights buy?
 SCRATCH_EPOCHS: int | None = None  # None: EPOCHS + FINE_TUNE_EPOCHS, the epochs transfer had
 SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
-DETERMINISTIC = False  # also make TensorFlow ops deterministic (README: what it costs)
-DISTRIBUTE = "auto"  # auto, none, mirrored (all GPUs), multi_worker (cluster in TF_CONFIG) or tpu (README)
+DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
+DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/mobilenet/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
+# The constants a reusable phase depends on: with --reuse_transfer=True a run takes phase "transfer" from an earlier
+# run only when these (and the data, code, library versions and distribution) are the same.
+PHASE_INPUTS = {"transfer": ["DATASET", "VALIDATION_SPLIT", "IMAGE_SIZE", "HEAD", "EPOCHS", "BATCH_SIZE",
+                             "HEAD_BATCH_SIZE", "TASK_B_SAMPLES_PER_CLASS", "LEARNING_RATE", "OPTIMIZER", "AUGMENT",
+                             "FEATURE_CACHE", "SEED", "DETERMINISTIC", "MIXED_PRECISION"]}
 RECIPES = {
     # The tutorial's cats vs dogs: 2,000 photos much like ImageNet's, so ImageNet's BatchNormalization
     # statistics stay; only the top of the backbone (layers 100 on, of 154) is unfrozen.
@@ -63,7 +73,7 @@ RECIPES = {
                "FINE_TUNE_EPOCHS": 10, "FINE_TUNE_AT": 100, "FINE_TUNE_LEARNING_RATE": 1e-5,
                "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False},
     # MNIST: 60,000 images far from ImageNet. Frozen ImageNet features give only about 61% here
-    # (FINDINGS), so the whole backbone is fine-tuned, at Adam's usual 1e-3 (1e-4 reached 84% validation
+    # (measured here), so the whole backbone is fine-tuned, at Adam's usual 1e-3 (1e-4 reached 84% validation
     # after a fine-tuning epoch, too slow), and its BatchNormalization statistics must adapt.
     "mnist": {"IMAGE_SIZE": 32, "VALIDATION_SPLIT": 0.1, "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3,
               "FINE_TUNE_EPOCHS": 5, "FINE_TUNE_AT": 0, "FINE_TUNE_LEARNING_RATE": 1e-3,
@@ -166,10 +176,8 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
     # With --reuse_transfer=True a run whose frozen-phase constants, data, weights and code match an earlier
     # run's takes that run's head (the record says which): a study of fine-tuning trains it once per seed.
-    same_transfer = ["DATASET", "VALIDATION_SPLIT", "IMAGE_SIZE", "HEAD", "EPOCHS", "BATCH_SIZE", "HEAD_BATCH_SIZE",
-                     "TASK_B_SAMPLES_PER_CLASS", "LEARNING_RATE", "OPTIMIZER", "AUGMENT", "FEATURE_CACHE", "SEED",
-                     "DETERMINISTIC", "MIXED_PRECISION"]
-    if not (run.restore("transfer", model) or REUSE_TRANSFER and run.reuse("transfer", model, same_transfer)):
+    reused = REUSE_TRANSFER and run.reuse("transfer", model, PHASE_INPUTS["transfer"])
+    if not (run.restore("transfer", model) or reused):
         timer, cache = phases.fit_head(
             run, "transfer", features, head, x_train, y_train,
             cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing=PREPROCESSING,

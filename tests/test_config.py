@@ -167,3 +167,12 @@ def test_fill_from_recipe_fills_only_what_was_left_at_none():
     values = dict(namespace)
     filled = config.fill_from_recipe(namespace, values, {"IMAGE_SIZE": 160, "EPOCHS": 10, "FINE_TUNE_AT": 0})
     assert filled == namespace == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}
+
+
+def test_phase_inputs_may_name_only_constants(tmp_path):
+    ns = namespace(tmp_path)
+    ns["PHASE_INPUTS"] = {"base": ["EPOCHS", "LEARNING_RATE"]}
+    config.check_phase_inputs(ns)  # both are constants: nothing to say
+    ns["PHASE_INPUTS"] = {"base": ["EPOCHS", "LEARNING_RAT"]}
+    with pytest.raises(NameError, match=r"PHASE_INPUTS\['base'\] names LEARNING_RAT: not constants of this script"):
+        config.check_phase_inputs(ns)

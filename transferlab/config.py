@@ -186,11 +186,22 @@ def configure(namespace, argv):
     if "-h" in argv or "--help" in argv:
         print(help_text(namespace, namespace.get("__file__", "script.py")))
         sys.exit(0)
+    check_phase_inputs(namespace)
     _install_error_hook()
     try:
         return apply_overrides(namespace, argv)
     except UserError as error:
         report(error)
+
+
+def check_phase_inputs(namespace):
+    """A script's PHASE_INPUTS ({phase: [CONSTANT, ...]}, the constants a reusable phase depends on) may name
+    only its constants: a misspelt name would make --reuse_* ignore a constant and load a stale phase."""
+    known = constants(namespace)
+    for phase, names in (namespace.get("PHASE_INPUTS") or {}).items():
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise NameError(f"PHASE_INPUTS[{phase!r}] names {', '.join(unknown)}: not constants of this script")
 
 
 def report(error):

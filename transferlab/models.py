@@ -7,10 +7,9 @@ from transferlab.config import check
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
 
-# How the learning rate moves over a phase: "constant", or "cosine": a linear warm-up from 0 over the
-# phase's first epoch, then a cosine decay to 0 at its last step (what fine-tuning MobileNetV2 on MNIST
-# needed to end at the same accuracy on every seed; docs/results.md).
-SCHEDULES = ("constant", "cosine")
+# How the learning rate moves over a phase: "constant"; "cosine", a cosine decay from the rate to 0 at the
+# phase's last step; "warmup_cosine", the same after a linear warm-up from 0 over the phase's first epoch.
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
 def stack(input_shape, parts, name):
@@ -59,15 +58,15 @@ def output_layer(num_classes):
 
 def learning_rate_schedule(schedule, learning_rate, steps_per_epoch, epochs):
     """The optimizer's learning rate for a phase of `epochs` epochs of `steps_per_epoch` steps (SCHEDULES):
-    a float for "constant", a keras LearningRateSchedule for "cosine" (with one epoch of warm-up, or none
-    when the phase has only one epoch)."""
+    a float for "constant", else a keras LearningRateSchedule counted in optimizer steps."""
     check(schedule in SCHEDULES, f"--schedule={schedule}: expected one of {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return learning_rate
     total = max(1, steps_per_epoch * epochs)
-    warmup = steps_per_epoch if epochs > 1 else 0
-    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else learning_rate, total - warmup,
-                                                  warmup_target=learning_rate if warmup else None,
+    warmup = steps_per_epoch if schedule == "warmup_cosine" and epochs > 1 else 0
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total)
+    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=learning_rate,
                                                   warmup_steps=warmup)
 
 

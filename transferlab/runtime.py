@@ -53,7 +53,7 @@ def seed_everything(seed, deterministic=False):
     """Seed Python's `random`, numpy and TensorFlow from one number; optionally make TF ops deterministic.
 
     Determinism (`tf.config.experimental.enable_op_determinism`) makes two runs with the same seed give
-    identical numbers, at a cost in speed measured in the README.
+    identical numbers, at a cost in speed (docs/reproducibility.md).
     """
     import keras
 
