@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from transferlab import backbones, models, phases
+from transferlab import backbones, models, phases, records
 
 
 class FakeRun:
@@ -47,6 +47,17 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     assert summary["steady_epoch_seconds"] == round(float(np.median(timer.epoch_seconds[1:])), 3)
     assert summary["trainable_params"] == 4 * 3 + 3 and summary["batch_size"] == 16
     assert summary["test_accuracy"] == test[1]
+
+
+def test_each_epoch_logs_the_learning_rate_of_its_last_step(tmp_path):
+    x = np.random.default_rng(0).random((64, 4)).astype("float32")  # 4 steps an epoch at batch 16
+    timer = phases.fit(FakeRun(tmp_path), "demo", tiny_model(), x, np.arange(64) % 3, epochs=4, batch_size=16,
+                       learning_rate=0.01, schedule="cosine")
+    # cosine from 0.01 to 0 over 16 steps, read after steps 4, 8, 12, 16
+    expected = [0.01 * (1 + np.cos(np.pi * step / 16)) / 2 for step in (4, 8, 12, 16)]
+    assert timer.history["learning_rate"] == pytest.approx(expected, abs=1e-7)
+    logged = records.read_history(tmp_path / "history_demo.csv")["learning_rate"]
+    assert logged == pytest.approx(expected, abs=1e-7)
 
 
 def test_nan_loss_stops_training_and_fails_the_phase(tmp_path):
