@@ -15,7 +15,8 @@ import tokenize
 import types
 import typing
 
-DEBUG = False  # set by --debug: bad input then shows a traceback instead of one line
+from transferlab import process
+
 
 
 class UserError(Exception):
@@ -148,13 +149,12 @@ def help_text(namespace, script):
 
 def apply_overrides(namespace, argv):
     """Set the constants in `namespace` from `--name=value` arguments; return {NAME: value} after."""
-    global DEBUG
     values = constants(namespace)
     annotations = namespace.get("__annotations__", {})
     valid = ", ".join(f"--{name.lower()}" for name in values)
     for arg in argv:
         if arg == "--debug":
-            DEBUG = True
+            process.DEBUG = True
             continue
         check(
             arg.startswith("--") and "=" in arg,
@@ -187,7 +187,7 @@ def configure(namespace, argv):
         print(help_text(namespace, namespace.get("__file__", "script.py")))
         sys.exit(0)
     check_phase_inputs(namespace)
-    _install_error_hook()
+    process.install()
     try:
         return apply_overrides(namespace, argv)
     except UserError as error:
@@ -205,23 +205,5 @@ def check_phase_inputs(namespace):
 
 
 def report(error):
-    """Print a UserError as one line on stderr and exit with code 2 (a traceback too under --debug)."""
-    sys.stdout.flush()
-    if DEBUG:
-        import traceback
-
-        traceback.print_exception(error)
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    # os._exit: an uncaught exception would make the exit code 1, and nothing remains to clean up.
-    os._exit(2)
-
-
-def _install_error_hook():
-    previous = sys.excepthook
-
-    def hook(kind, error, traceback):
-        if issubclass(kind, UserError):
-            report(error)
-        previous(kind, error, traceback)
-
-    sys.excepthook = hook
+    """Print a UserError as one line on stderr and exit with code 2 (process.fail)."""
+    process.fail(error)

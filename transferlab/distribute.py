@@ -8,7 +8,6 @@ rest to Keras's `fit`. Batch sizes in the constants are per replica: the global 
 takes 8 times larger steps in data with the same learning rate (scale it yourself if you want).
 """
 
-import atexit
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from transferlab import compat, data
+from transferlab import compat, data, process
 from transferlab.config import UserError, check
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
@@ -100,7 +99,7 @@ def results_dir(folder, strategy):
     if is_chief(strategy):
         return folder
     own = tempfile.mkdtemp(prefix="transferlab-worker-")
-    atexit.register(shutil.rmtree, own, ignore_errors=True)
+    process.on_exit(shutil.rmtree, own, ignore_errors=True)
     os.environ[data.CACHE_DIR_ENV] = os.path.join(own, "cache")
     return own
 

@@ -8,10 +8,9 @@ import platform
 import secrets
 import shlex
 import shutil
-import signal
 import sys
 
-from transferlab import files
+from transferlab import files, process
 from transferlab.config import UserError
 
 RECORD = "record.json"
@@ -268,14 +267,14 @@ class Run:
                 if os.path.exists(self.file(f"history_{name}.csv"))}
 
     def __enter__(self):
-        # Both signals end the run as "interrupted". SIGINT explicitly too: a process started in the
-        # background by a non-interactive shell inherits SIGINT ignored, and `kill -INT` must still work.
-        self._previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._signals = process.interrupted_by_signals()  # both end the run as "interrupted"
+        self._signals.__enter__()
         return self
 
     def __exit__(self, kind, error, traceback):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        """Record how the run ended and say so; the exception goes on (process.py turns it into the exit code:
+        130 for an interruption, 1 for a diverged phase)."""
+        self._signals.__exit__(None, None, None)
         self.record["finished_at"] = now()
         if kind is None:
             self.record["status"] = "complete"
@@ -288,10 +287,8 @@ class Run:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             print(f"\ninterrupted; record saved as {self.path}\nresume with: {resume_command(self.run_id)}",
                   file=sys.stderr)
-            raise SystemExit(130) from None
-        if kind is not None and issubclass(kind, FloatingPointError):  # a diverged run: no traceback needed
-            print(f"error: {error}; record saved as {self.path}", file=sys.stderr)
-            raise SystemExit(1) from None
+        elif kind is not None and issubclass(kind, FloatingPointError):  # a diverged run: no traceback needed
+            print(f"record saved as {self.path}", file=sys.stderr)
         return False
 
 
@@ -308,6 +305,3 @@ def print_summary(record, path):
         print(f"{name:<10}{phase['train_samples']:>9}{phase['train_seconds']:>10.1f}{test}{val}")
     print(f"record: {path}")
 
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
