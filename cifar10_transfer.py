@@ -124,7 +124,7 @@ def evaluate(model, task):
 
 
 IMAGE = (32, 32, 3)
-FROZEN = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
+frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source, resumed=resumed,
                   distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
       strategy.scope()):  # models built in here are placed and replicated by the strategy
@@ -147,9 +147,9 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
 
     # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head,
     #    on top of the feature layers left trainable, on task B.
-    print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, {FROZEN} of "
+    print(f"\n== transfer: {len(xb_train)} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, {frozen_count} of "
           f"{len(features.layers)} feature layers frozen")
-    frozen, trainable = models.split_frozen(features, FROZEN)
+    frozen, trainable = models.split_frozen(features, frozen_count)
     new_head = models.stack(frozen.output_shape[1:] if frozen else IMAGE, [*trainable, *head(len(TASK_B_CLASSES))],
                             name="head_b")
     transfer = models.compile_classifier(
@@ -166,7 +166,8 @@ with (records.Run(results_dir, "cifar10", CONFIG, runtime.environment(), source,
         # Validation and test on raw images through features + head: the numbers belong to the whole model.
         validation, test = evaluate(transfer, "b")
         run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
-                                                 validation=validation, frozen_layers=FROZEN, **cache), model=transfer)
+                                                 validation=validation, frozen_layers=frozen_count, **cache),
+                      model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:

@@ -121,7 +121,7 @@ def augmentation():
 
 
 IMAGE = (28, 28, 1)
-FROZEN = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
+frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, resumed=resumed,
                   distribute=distribute.describe(strategy, BATCH_SIZE), tensorboard=TENSORBOARD) as run,
       strategy.scope()):  # models built in here are placed and replicated by the strategy
@@ -144,9 +144,9 @@ with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, r
 
     # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head B,
     #    on top of the feature layers left trainable, on task B.
-    print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, {FROZEN} of "
+    print(f"\n== transfer: {len(xb_train)} images of digits {TASK_B_CLASSES}, {frozen_count} of "
           f"{len(features.layers)} feature layers frozen, {EPOCHS} epochs")
-    frozen, trainable = models.split_frozen(features, FROZEN)
+    frozen, trainable = models.split_frozen(features, frozen_count)
     head = models.stack(frozen.output_shape[1:] if frozen else IMAGE, [*trainable, *head_b()], name="head_b")
     transfer = models.compile_classifier(models.stack(IMAGE, [frozen, head] if frozen else [head], name="transfer"),
                                          LEARNING_RATE)
@@ -163,7 +163,7 @@ with (records.Run(results_dir, "mnist", CONFIG, runtime.environment(), source, r
         # Test on raw images through features + head: the number belongs to the whole model, not the cache.
         test = transfer.evaluate(xb_test, yb_test, batch_size=1024, verbose=0)
         run.add_phase("transfer", phases.summary(TASK_B_CLASSES, xb_train, EPOCHS, timer, test, transfer,
-                                                 frozen_layers=FROZEN, **cache), model=transfer)
+                                                 frozen_layers=frozen_count, **cache), model=transfer)
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:

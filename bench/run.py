@@ -37,7 +37,7 @@ import tempfile
 import time
 
 from transferlab import runtime  # first: a quiet TensorFlow start
-from transferlab import backbones, data, feature_cache, files, folders, models, phases
+from transferlab import backbones, callbacks, data, feature_cache, files, folders, models, phases
 
 import keras
 import numpy as np
@@ -85,7 +85,7 @@ def peak_resident_kib(pid):
 
 
 class Run:
-    """The little of a records.Run that phases.fit needs, in a scratch folder."""
+    """A phases.RunLike whose files go to a scratch folder."""
 
     tensorboard = True  # as the scripts run by default: its cost is part of the harness
 
@@ -172,7 +172,7 @@ def harness_overhead(x, y, work, epochs, batch_size, rounds):
     for round_ in range(rounds):
         ours = phases.fit(Run(os.path.join(work, f"harness{round_}"), 0), "base", cnn(), x, y, epochs=epochs,
                           batch_size=batch_size, learning_rate=1e-3)
-        bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), phases.EpochTimer()
+        bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), callbacks.EpochTimer()
         bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
         ours_seconds.append(statistics.median(ours.epoch_seconds[1:]))
         bare_seconds.append(statistics.median(bare_timer.epoch_seconds[1:]))

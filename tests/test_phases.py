@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from transferlab import backbones, models, phases, records
+from transferlab import backbones, extraction, models, phases, records
 
 
 class FakeRun:
-    """What phases.fit needs of a records.Run: the seed, files in the run folder, progress notes."""
+    """A phases.RunLike for tests: the seed, files in a scratch folder, progress notes kept in a list."""
 
     tensorboard = False
 
@@ -73,8 +73,8 @@ def test_features_are_extracted_in_inference_mode_with_frozen_weights():
     frozen = models.stack((4,), [keras.layers.Dense(8), keras.layers.Dropout(0.9)], name="frozen")
     frozen.trainable = False
     x = np.random.rand(10, 4).astype("float32")
-    first, seconds = phases.extract_features(frozen, x, batch_size=4)
-    second, _ = phases.extract_features(frozen, x, batch_size=4)
+    first, seconds = extraction.extract_features(frozen, x, batch_size=4)
+    second, _ = extraction.extract_features(frozen, x, batch_size=4)
     assert first.shape == (10, 8) and first.dtype == np.float32 and seconds > 0
     np.testing.assert_array_equal(first, second)  # no dropout noise
     np.testing.assert_allclose(first, x @ frozen.layers[0].kernel.numpy() + frozen.layers[0].bias.numpy(),
@@ -122,9 +122,9 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
     x, y = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 3
     feed = functools.partial(backbones.pipeline, preprocess=lambda images: images / 127.5 - 1, batch_size=8, seed=0)
     runs = {}
-    for name, cache, limit in [("whole", False, phases.ACTIVATION_CACHE_BYTES), ("cached", True, 2**30),
+    for name, cache, limit in [("whole", False, extraction.ACTIVATION_CACHE_BYTES), ("cached", True, 2**30),
                                ("over the limit", True, 1000)]:
-        monkeypatch.setattr(phases, "ACTIVATION_CACHE_BYTES", limit)
+        monkeypatch.setattr(extraction, "ACTIVATION_CACHE_BYTES", limit)
         keras.utils.set_random_seed(0)
         backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None,
                                                   alpha=0.35)

@@ -179,7 +179,7 @@ def test_resume_command_replaces_any_resume_flag():
 
 
 class Run:
-    """What phases.fit needs of a records.Run."""
+    """A phases.RunLike with seed 3 and no progress notes."""
 
     tensorboard = False
 

@@ -1,151 +1,32 @@
-"""Training phases: the callbacks every phase uses, the frozen-feature cache, and the phase's record."""
+"""Training phases: fitting one (`fit`), the frozen phase on cached features (`fit_head`), fine-tuning on
+cached activations (`fine_tune`), and the phase's entry in the record (`summary`).
 
-import json
+A phase writes into a run: records.Run, or anything of the shape `RunLike` (tests and the benchmarks pass a
+small stand-in that keeps files in a scratch folder).
+"""
+
 import os
 import statistics
-import sys
-import time
+from typing import Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import backbones, data, distribute, feature_cache, files, models, records
+from transferlab import backbones, callbacks, data, distribute, extraction, feature_cache, models, records
 
 
-# A progress bar on a terminal. Elsewhere (a file, a CI log) EpochLog prints one line per epoch instead of
-# fit's verbose=2, whose logger still has a per-step hook (see EpochLog).
-VERBOSE = 1 if sys.stdout.isatty() else 0
+class RunLike(Protocol):
+    """What a phase needs of its run (records.Run has it all)."""
 
-# Fine-tuning keeps the frozen bottom's activations of the training and validation images in memory up to
-# this many bytes; above it the images go through the whole backbone every epoch, as published.
-ACTIVATION_CACHE_BYTES = 2 * 2**30
+    seed: int  # every epoch's batch order is a function of it and the epoch
+    tensorboard: bool  # write TensorBoard logs of the phase
 
-# Images per batch in the one pass of the frozen layers over arrays. Larger batches were slower on the CPU
-# (MNIST's 18,065 task B digits: 5.4 s in batches of 1,024, 4.2 s in batches of 256, in a side measurement).
-EXTRACT_BATCH = 256
+    def file(self, name: str) -> str:
+        """A path inside the run folder (histories, checkpoints, logs)."""
 
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each epoch and of the whole `fit`, and the history of every epoch.
-
-    A phase resumed after an interruption starts from the times and history of the epochs it had
-    finished, so its record covers the whole phase.
-    """
-
-    def __init__(self, epoch_seconds=(), fit_seconds=0.0, history=None):
-        super().__init__()
-        self.epoch_seconds = list(epoch_seconds)
-        self.fit_seconds = fit_seconds
-        self.history = {key: list(values) for key, values in (history or {}).items()}
-
-    def on_train_begin(self, logs=None):
-        self._fit_start = time.perf_counter()
-        self._seconds_before = self.fit_seconds
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
-        self.fit_seconds = self._seconds_before + time.perf_counter() - self._fit_start
-        self.history.setdefault("epoch", []).append(epoch)
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-
-    def on_train_end(self, logs=None):
-        self.fit_seconds = self._seconds_before + time.perf_counter() - self._fit_start
-
-
-class EpochLog(keras.callbacks.Callback):
-    """What TerminateOnNaN and fit's verbose=2 do, at the end of each epoch only: stop after an epoch whose
-    loss is NaN or infinite (the phase then fails, see `fit`), and print one line per epoch unless a
-    progress bar shows it already.
-
-    Keras runs callbacks that have a per-step hook (TerminateOnNaN's and verbose=2's both do) synchronously
-    after every step, each time turning the step's logs into Python numbers; with epoch hooks only, steps
-    run back to back. Measured here on the harness benchmark's CNN: 3-7% more CPU per epoch with such hooks.
-    """
-
-    def __init__(self, epochs, show):
-        super().__init__()
-        self.epochs, self.show = epochs, show
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if "loss" in logs and not np.isfinite(logs["loss"]):
-            self.model.stop_training = True
-        if self.show:
-            shown = " - ".join(f"{key}: {value:.4f}" for key, value in logs.items() if np.isscalar(value))
-            print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._start:.1f}s - {shown}", flush=True)
-
-
-class LearningRateLog(keras.callbacks.Callback):
-    """Adds the learning rate of each epoch's last step to its logs (so to the history CSV and the record):
-    under a schedule (models.learning_rate_schedule) it changes every step. Must come before the callbacks
-    that write the logs."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-def random_states(model):
-    """The model's random-number states (the seed generators of Dropout and random augmentation layers):
-    variables that are not weights, so `save_weights` leaves them out."""
-    weights = {id(w) for w in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
-class Checkpoint(keras.callbacks.Callback):
-    """After every epoch, everything an interrupted phase needs to go on exactly where it stopped: the
-    weights with the optimizer's state, the random-number states, the epoch times and history, in
-    `checkpoints/<phase>/` of the run folder; and the record notes the epoch.
-
-    Keras's BackupAndRestore does this too, but writes its files in place: a kill -9 while it writes
-    leaves half a file, or weights of one epoch with the epoch number of another. Here each epoch's files
-    are written under a temporary name and renamed, weights first, then the JSON that makes them count.
-    """
-
-    def __init__(self, run, phase, timer):
-        super().__init__()
-        self.run, self.phase, self.timer = run, phase, timer
-        self.folder = run.file(os.path.join("checkpoints", phase))
-
-    def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.folder, exist_ok=True)
-        done = epoch + 1
-        records.save_weights(self.model, os.path.join(self.folder, f"epoch-{done:04d}.weights.h5"))
-        files.write_json(os.path.join(self.folder, f"epoch-{done:04d}.json"), {
-            "epochs_finished": done,
-            "random_states": [np.asarray(v.numpy()).tolist() for v in random_states(self.model)],
-            "epoch_seconds": self.timer.epoch_seconds,
-            "fit_seconds": self.timer.fit_seconds,
-            "history": self.timer.history,
-        })
-        for name in os.listdir(self.folder):  # only the newest checkpoint is needed
-            if name.startswith("epoch-") and not name.startswith(f"epoch-{done:04d}."):
-                os.unlink(os.path.join(self.folder, name))
-        self.run.progress(self.phase, done)
-
-
-def restore_checkpoint(run, phase, model):
-    """Load the newest checkpoint of `phase` into the `model` compiled by models.compile_classifier (which built
-    the optimizer, so its saved moments have somewhere to go); returns its JSON, or None."""
-    folder = run.file(os.path.join("checkpoints", phase))
-    found = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(folder) else []
-    if not found:
-        return None
-    with open(os.path.join(folder, found[-1]), encoding="utf-8") as f:
-        state = json.load(f)
-    model.load_weights(os.path.join(folder, found[-1].replace(".json", ".weights.h5")))
-    for variable, value in zip(random_states(model), state["random_states"], strict=True):
-        variable.assign(value)
-    print(f"   resuming phase {phase} after epoch {state['epochs_finished']}")
-    return state
+    def progress(self, phase: str, epochs_finished: int) -> None:
+        """Note the last finished epoch of the running phase."""
 
 
 def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validation_data=None, feed=None,
@@ -168,12 +49,12 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     rate = models.learning_rate_schedule(schedule, learning_rate, steps_per_epoch, epochs)
     models.compile_classifier(model, rate, steps_per_execution, optimizer)
     end = initial_epoch + epochs
-    state = restore_checkpoint(run, phase, model)
+    state = callbacks.restore_checkpoint(run, phase, model)
     history_csv = run.file(f"history_{phase}.csv")
     if state is None:
-        timer = EpochTimer()
+        timer = callbacks.EpochTimer()
     else:
-        timer = EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
+        timer = callbacks.EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
         initial_epoch = state["epochs_finished"]
         records.truncate_history(history_csv, initial_epoch)  # drop any epoch logged after the checkpoint
     if feed is None:  # batch_size is per replica; one step takes a batch for each
@@ -184,33 +65,21 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     else:
         train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
     phase_callbacks = [  # in this order: the learning rate is logged, then the CSV row written before the checkpoint
-        LearningRateLog(),
+        callbacks.LearningRateLog(),
         timer,
         keras.callbacks.CSVLogger(history_csv, append=state is not None),
-        Checkpoint(run, phase, timer),
-        EpochLog(end, show=VERBOSE == 0),
+        callbacks.Checkpoint(run, phase, timer),
+        callbacks.EpochLog(end, show=callbacks.VERBOSE == 0),
     ]
     if run.tensorboard:  # epoch-level scalars per phase: `tensorboard --logdir results/` shows every run
         phase_callbacks.append(keras.callbacks.TensorBoard(run.file(os.path.join("tensorboard", phase)),
                                                            write_graph=False, profile_batch=0))
     model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,
-              callbacks=[*phase_callbacks, *more_callbacks], verbose=VERBOSE)
+              callbacks=[*phase_callbacks, *more_callbacks], verbose=callbacks.VERBOSE)
     if not np.all(np.isfinite(timer.history.get("loss", []))):  # EpochLog stopped it: the phase failed
         raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
                                  f"{timer.history['epoch'][-1] + 1}; try a lower learning rate")
     return timer
-
-
-def extract_features(frozen, x, batch_size=None):
-    """Run the frozen layers once over `x` (an array, or a pipeline of batches without shuffling) in
-    inference mode (Dropout off): (features, seconds).
-
-    This is the bottleneck cache of TF Hub's retrain.py: the head then trains on these features
-    instead of paying for the frozen convolutions in every epoch.
-    """
-    start = time.perf_counter()
-    features = frozen.predict(x, batch_size=batch_size, verbose=0)
-    return np.asarray(features, dtype=np.float32), time.perf_counter() - start
 
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
@@ -251,13 +120,13 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     def extract(images, labels):
         """(features, where they came from, seconds)."""
         if cache == "disk":
-            batches = feed(images, labels) if feed else (images[i:i + EXTRACT_BATCH]
-                                                         for i in range(0, len(images), EXTRACT_BATCH))
+            batches = feed(images, labels) if feed else (images[i:i + extraction.EXTRACT_BATCH]
+                                                         for i in range(0, len(images), extraction.EXTRACT_BATCH))
             return feature_cache.cached(features, images, batches, preprocessing)
         if feed is None:
-            found, seconds = extract_features(features, images, batch_size=EXTRACT_BATCH)
+            found, seconds = extraction.extract_features(features, images, batch_size=extraction.EXTRACT_BATCH)
         else:
-            found, seconds = extract_features(features, feed(images, labels))
+            found, seconds = extraction.extract_features(features, feed(images, labels))
         return found, "memory", seconds
 
     f_train, status, seconds = extract(x, y)
@@ -279,7 +148,7 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     (a new layer without weights is fine), `head`: the same layers) trains on those activations, held in
     memory: the same computation as the whole model's, without the frozen layers in every epoch. Without
     `cache` (an augmented run, whose images change every epoch), when nothing before the unfrozen layers
-    can be cut off, or above ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
+    can be cut off, or above extraction.ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
 
     Returns (timer, info, predicted): info for the phase record as fit_head's, saying feature_cache
     ("memory" or "off") and where the cut is; predicted, the trained model's classes of the validation
@@ -288,7 +157,7 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     bottom, top = backbones.split(backbone) if cache else (None, None)
     if bottom is not None:
         size = (len(x) + len(validation_data[0])) * int(np.prod(top.input_shape[1:])) * 4
-        if size > ACTIVATION_CACHE_BYTES:
+        if size > extraction.ACTIVATION_CACHE_BYTES:
             print(f"   {size / 2**30:.1f} GiB of activations: above ACTIVATION_CACHE_BYTES, so every epoch runs the "
                   f"whole backbone")
             bottom = None
@@ -300,8 +169,8 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
     rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
-    a_train, seconds = extract_features(bottom, feed(x, y))
-    a_val, val_seconds = extract_features(bottom, feed(*validation_data))
+    a_train, seconds = extraction.extract_features(bottom, feed(x, y))
+    a_val, val_seconds = extraction.extract_features(bottom, feed(*validation_data))
     # One step per call: unlike a small head's, these steps are long, and a 32-step loop of the backbone's
     # top took TensorFlow 42 s to trace for predict alone (block 6 on, a side measurement) against 7 s.
     timer = fit(run, phase, rest, a_train, y, validation_data=(a_val, validation_data[1]), batch_size=batch_size,
