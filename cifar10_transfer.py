@@ -13,7 +13,7 @@ network on task A), "transfer" (a new head on the frozen features, task B), "scr
 random weights on task B: what did transfer buy?).
 
     python cifar10_transfer.py                                  # the whole experiment
-    python cifar10_transfer.py --data_dir=../shared/datasets    # offline: cifar10.npz or cifar10/train/...
+    python cifar10_transfer.py --data_dir=/data/datasets        # offline: cifar10.npz or cifar10/train/...
     python cifar10_transfer.py --help                           # every constant with its default
 """
 

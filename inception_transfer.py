@@ -9,8 +9,8 @@ The backbone is InceptionV3 up to CUT_LAYER; the head is the new dense layers on
 on its own: "transfer" (the head on the frozen backbone), "fine_tune" (the backbone from FINE_TUNE_AT on
 unfrozen too) and "scratch" (the same network from random weights).
 
-    python inception_transfer.py --data_dir=../shared/datasets               # ImageNet weights: Keras's download
-    python inception_transfer.py --data_dir=../shared/datasets --weights=None --epochs=2   # runs anywhere
+    python inception_transfer.py --data_dir=/data/datasets                   # ImageNet weights: Keras's download
+    python inception_transfer.py --data_dir=/data/datasets --weights=None --epochs=2       # runs anywhere
     python inception_transfer.py --help                                       # every constant with its default
 """
 

@@ -11,7 +11,7 @@ the convolution layers, the head the dense layers on top. A run has three phases
 
     python mnist_transfer.py                                   # the whole experiment
     python mnist_transfer.py --epochs=2 --task_b_classes=5,6,7,8,9
-    python mnist_transfer.py --data_dir=../shared/datasets     # offline: a folder holding mnist.npz
+    python mnist_transfer.py --data_dir=/data/datasets         # offline: a folder holding mnist.npz
     python mnist_transfer.py --help                            # every constant with its default
 """
 

@@ -11,10 +11,10 @@ recorded on its own: "transfer" (the head on the frozen backbone), "fine_tune" (
 unfrozen too, at a low learning rate) and "scratch" (the same network from random weights). DATASET picks a
 recipe: every constant left at None takes the recipe's value (shown below).
 
-    WEIGHTS=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5    # offline here; elsewhere "imagenet"
-    python mobilenet_transfer.py --data_dir=../shared/datasets --weights=$WEIGHTS
+    WEIGHTS=/data/weights/mobilenet_v2_1.0_224_no_top.weights.h5        # offline; online "imagenet" works too
+    python mobilenet_transfer.py --data_dir=/data/datasets --weights=$WEIGHTS
     python mobilenet_transfer.py --data_dir=my_photos --weights=$WEIGHTS   # my_photos/train/<class>/*.jpg
-    python mobilenet_transfer.py --dataset=mnist --data_dir=../shared/datasets --weights=$WEIGHTS
+    python mobilenet_transfer.py --dataset=mnist --data_dir=/data/datasets --weights=$WEIGHTS
     python mobilenet_transfer.py --help                        # every constant with its default
 """
 

@@ -1,7 +1,7 @@
 """Benchmarks, measured side by side on this machine, written as a Markdown page and a JSON of the figures.
 
     python -m bench                                   # the full benchmarks, into results/bench/ (about 35 minutes)
-    python -m bench --data_dir=../shared/datasets --weights=../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5
+    python -m bench --data_dir=/data/datasets --weights=/data/weights/mobilenet_v2_1.0_224_no_top.weights.h5
     python -m bench --quick                           # tiny generated data: checks that every figure is produced
     python -m bench --out=docs/benchmarks-run.md      # a full run that replaces the committed page
 
@@ -335,10 +335,11 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.environ.get(data.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared",
                                                                                             "datasets")),
                         help="folder with mnist.npz and cats_and_dogs_filtered/ (default: $TRANSFER_DATA_DIR, "
-                             "else ../shared/datasets)")
+                             "else shared/datasets/ beside the checkout)")
     parser.add_argument("--weights", default=os.path.join(ROOT, "..", "shared", "weights",
                                                           "mobilenet_v2_1.0_224_no_top.weights.h5"),
-                        help="MobileNetV2 no-top weights file (or imagenet: Keras's download)")
+                        help="MobileNetV2 no-top weights file, or imagenet: Keras's download (default: "
+                             "shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5 beside the checkout)")
     parser.add_argument("--out", help=f"the Markdown page to write, with a .json of the figures beside it (default: "
                                       f"{os.path.relpath(DEFAULT_OUT, ROOT)}, or {os.path.relpath(QUICK_OUT, ROOT)} "
                                       f"with --quick)")
