@@ -70,6 +70,7 @@ strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any o
 results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
 resumed = records.find_resumable(results_dir, "inception", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
+root = folders.find(data.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
 with strategy.scope():  # its weights are variables: under a strategy they must be created inside its scope
     backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
     backbone = backbones.cut(backbone, CUT_LAYER)
@@ -77,7 +78,6 @@ backbone_info.update(cut_layer=CUT_LAYER, layers=len(backbone.layers))
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
 # 2. Data: the image folder, decoded once into uint8 images at the input size.
-root = folders.find(data.data_dir(DATA_DIR))
 (x_train, y_train), (x_val, y_val), source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, SEED)
 if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same images for the same seed
     x_train, y_train = data.take_per_class(x_train, y_train, TASK_B_SAMPLES_PER_CLASS, SEED)

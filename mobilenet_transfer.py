@@ -101,13 +101,13 @@ strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any o
 results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
 resumed = records.find_resumable(results_dir, "mobilenet", RESUME, CONFIG)
 runtime.seed_everything(SEED, DETERMINISTIC)
+root = folders.find(data.data_dir(DATA_DIR)) if DATASET == "folder" else None  # a mistyped folder: said first
 with strategy.scope():  # its weights are variables: under a strategy they must be created inside its scope
     backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
 # 2. Data as uint8 images at the input size, decoded once: an image folder, or MNIST's digits as RGB.
 if DATASET == "folder":
-    root = folders.find(data.data_dir(DATA_DIR))
     (x_train, y_train), (x_val, y_val), source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, SEED)
     CLASS_NAMES, test = source["class_names"], None  # an image folder has no test set: validation reports
 else:

@@ -136,11 +136,12 @@ def test_mobilenet_bad_input_is_one_line_and_records_nothing(image_folder, tmp_p
     assert not results.exists()
 
 
-def test_mobilenet_without_an_image_folder_says_where_to_put_one(tmp_path):
-    result = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path}", "--weights=None",
+def test_mobilenet_without_an_image_folder_says_where_to_put_one_before_loading_weights(tmp_path):
+    result = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path}", "--weights=missing.h5",
                         f"--results_dir={tmp_path / 'results'}")
     assert result.returncode == 2
-    assert f"error: no image folder in {tmp_path}" in result.stderr and "Traceback" not in result.stderr
+    # the folder is checked first: the weights file is missing too, but the mistyped folder is what is said
+    assert f"error: no image folder in {tmp_path}: found nothing;" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_inception_with_random_weights_says_so_and_runs_the_published_recipe(image_folder, tmp_path):

@@ -57,8 +57,9 @@ def test_good_overrides_are_parsed_to_the_constants_type(tmp_path, name, raw, ex
         ("--run_scratch=1", "--run_scratch=1: expected bool, got int 1"),
         ("--task_b_classes=a,b", "--task_b_classes=a,b: expected int, got str 'a'"),
         ("--learning_rate=fast", "--learning_rate=fast: expected float, got str 'fast'"),
-        ("--epoch=2", "unknown constant --epoch; valid names: --epochs, --learning_rate, --task_b_classes"),
-        ("--EPOCHS=2", "unknown constant --EPOCHS"),
+        ("--epoch=2", "unknown constant --epoch (did you mean --epochs?); valid names: --epochs, --learning_rate, "
+                      "--task_b_classes"),
+        ("--EPOCHS=2", "unknown constant --EPOCHS (did you mean --epochs?)"),
         ("epochs=2", "expected --name=value, got 'epochs=2'"),
         ("--epochs", "expected --name=value, got '--epochs'"),
     ],

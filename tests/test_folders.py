@@ -81,12 +81,29 @@ def test_find_prefers_the_given_folder_then_a_named_one_inside(tmp_path):
     assert folders.find(str(tmp_path / "datasets" / "cats_and_dogs_filtered")).endswith("cats_and_dogs_filtered")
 
 
-def test_find_without_data_and_without_download_says_where_to_put_it(tmp_path, monkeypatch):
+def test_without_a_data_directory_a_failed_download_says_why(monkeypatch):
     def no_internet(*args, **kwargs):
         raise OSError("no route to host")
 
     monkeypatch.setattr(folders.keras.utils, "get_file", no_internet)
     with pytest.raises(UserError) as error:
-        folders.find(str(tmp_path))
-    assert f"no image folder in {tmp_path}" in str(error.value)
-    assert "download of cats_and_dogs_filtered failed (OSError)" in str(error.value)
+        folders.find(None)
+    assert str(error.value).startswith("no data directory given (--data_dir= or $TRANSFER_DATA_DIR) and the "
+                                       f"download of cats_and_dogs_filtered from {folders.TUTORIAL_URL} failed "
+                                       "(OSError: no route to host)")
+
+
+def test_a_given_folder_without_images_is_an_error_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("downloaded although a data directory was given")
+
+    monkeypatch.setattr(folders.keras.utils, "get_file", must_not_download)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "notes.txt").write_text("x")
+    (tmp_path / "photos" / "holiday").mkdir()
+    (tmp_path / "photos" / ".DS_Store").write_text("x")
+    with pytest.raises(UserError) as error:
+        folders.find(str(tmp_path / "photos"))
+    assert str(error.value) == (f"no image folder in {tmp_path / 'photos'}: found holiday/, notes.txt; expected "
+                                "train/<class>/*.jpg (and optionally validation/<class>/) there, or a "
+                                "cats_and_dogs_filtered/ folder holding them")

@@ -8,6 +8,7 @@ constant's default, or against its annotation when the default is None (`DATA_DI
 """
 
 import ast
+import difflib
 import io
 import os
 import sys
@@ -162,7 +163,10 @@ def apply_overrides(namespace, argv):
         )
         flag, raw = arg[2:].split("=", 1)
         name = flag.upper()
-        check(name in values and flag == flag.lower(), f"unknown constant --{flag}; valid names: {valid}")
+        if not (name in values and flag == flag.lower()):
+            near = difflib.get_close_matches(flag.lower(), [known.lower() for known in values], n=1)
+            hint = f" (did you mean --{near[0]}?)" if near else ""
+            raise UserError(f"unknown constant --{flag}{hint}; valid names: {valid}")
         values[name] = parse_value(name, raw, values[name], annotations.get(name))
     namespace.update(values)
     return values

@@ -85,7 +85,7 @@ def load_keras_dataset(name, directory, image_shape, num_classes, download, clas
         where = directory or f"a folder given by --data_dir= or ${DATA_DIR_ENV}"
         tree = f" or a {name}/train/<class>/ image tree" if class_names is not None else ""
         raise UserError(
-            f"{filename} not found in {where} and the download failed ({type(error).__name__}); "
+            f"{filename} not found in {where} and the download failed ({failure(error)}); "
             f"put Keras's {filename} (arrays {', '.join(ARRAY_KEYS)}){tree} there"
         ) from None
     cached = os.path.join(os.path.expanduser("~"), ".keras", "datasets", filename)
@@ -93,6 +93,13 @@ def load_keras_dataset(name, directory, image_shape, num_classes, download, clas
     train = (x_train, y_train.reshape(-1).astype(np.int64))
     test = (x_test, y_test.reshape(-1).astype(np.int64))
     return train, test, source
+
+
+def failure(error):
+    """Why a download (or another outside call) failed, in one line: the exception's kind and message (Keras's
+    names the URL), not the kind alone."""
+    message = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def cache_dir():

@@ -20,19 +20,25 @@ TUTORIAL_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filt
 
 
 def find(data_dir, name="cats_and_dogs_filtered", url=TUTORIAL_URL):
-    """The image folder to use: `data_dir` itself when it has train/, else `data_dir/<name>`, else the
-    tutorial's zip fetched with `keras.utils.get_file` (cached in ~/.keras/datasets)."""
+    """The image folder to use: `data_dir` itself when it has train/, else `data_dir/<name>`. Only when no data
+    directory is given at all, the tutorial's zip fetched with `keras.utils.get_file` (cached in
+    ~/.keras/datasets): a folder that was given but holds no images is the user's mistake, and training on
+    another dataset instead would hide it."""
     if data_dir is not None:
         for folder in (data_dir, os.path.join(data_dir, name)):
             if os.path.isdir(os.path.join(folder, "train")):
                 return folder
+        found = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(data_dir)
+                       if not e.name.startswith("."))
+        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") or "nothing"
+        raise UserError(f"no image folder in {data_dir}: found {shown}; expected train/<class>/*.jpg "
+                        f"(and optionally validation/<class>/) there, or a {name}/ folder holding them")
     try:
         extracted = keras.utils.get_file(f"{name}.zip", origin=url, extract=True)
     except Exception as error:  # no internet, proxy, disk full: all mean "put the folder there yourself"
-        where = data_dir or f"a folder given by --data_dir= or ${data.DATA_DIR_ENV}"
         raise UserError(
-            f"no image folder in {where} (expected train/<class>/*.jpg there or in {name}/) and the download "
-            f"of {name} failed ({type(error).__name__}); put the folder there or pass --data_dir=FOLDER"
+            f"no data directory given (--data_dir= or ${data.DATA_DIR_ENV}) and the download of {name} from {url} "
+            f"failed ({data.failure(error)}); download it yourself, or pass --data_dir=FOLDER"
         ) from None
     for folder, subfolders, _ in os.walk(extracted):
         if "train" in subfolders:
