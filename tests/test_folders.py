@@ -107,3 +107,18 @@ def test_a_given_folder_without_images_is_an_error_and_nothing_is_downloaded(tmp
     assert str(error.value) == (f"no image folder in {tmp_path / 'photos'}: found holiday/, notes.txt; expected "
                                 "train/<class>/*.jpg (and optionally validation/<class>/) there, or a "
                                 "cats_and_dogs_filtered/ folder holding them")
+
+
+def test_what_a_zip_tool_or_an_operating_system_adds_is_neither_a_class_nor_a_skipped_file(tmp_path):
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    train = tmp_path / "photos" / "train"
+    (train / "__MACOSX").mkdir()
+    (train / ".hidden_class").mkdir()
+    (train / ".DS_Store").write_text("x")
+    first = train / "class_a"
+    (first / ".DS_Store").write_text("x")
+    (first / "Thumbs.db").write_text("x")
+    (first / ".thumbnails").mkdir()
+    (first / ".thumbnails" / "notes.txt").write_text("x")
+    assert folders.class_names(str(train)) == ["class_a", "class_b"]
+    assert folders.not_images(str(train), folders.class_names(str(train))) == []

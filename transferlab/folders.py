@@ -46,10 +46,16 @@ def find(data_dir, name="cats_and_dogs_filtered", url=TUTORIAL_URL):
     raise UserError(f"the download {extracted} holds no train/ folder")
 
 
+def hidden(name):
+    """What an operating system or a zip tool adds beside photos (.DS_Store, ._photo.jpg, __MACOSX/,
+    Thumbs.db, desktop.ini): neither a class nor a skipped image."""
+    return name.startswith((".", "__MACOSX")) or name.lower() in ("thumbs.db", "desktop.ini")
+
+
 def class_names(folder):
     """The class folder names under `folder`, sorted (Keras's label order); at least two."""
     check(os.path.isdir(folder), f"image folder {folder!r} does not exist")
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not hidden(e.name))
     check(len(names) >= 2, f"{folder} has {len(names)} class folder(s) {names}; need at least 2 (<class>/*.jpg)")
     return names
 
@@ -58,8 +64,9 @@ def not_images(folder, classes):
     """Files in the class folders that image_dataset_from_directory passes over (no image suffix)."""
     found = []
     for name in classes:
-        for root, _, files in os.walk(os.path.join(folder, name)):
-            found += [os.path.join(root, f) for f in sorted(files) if not f.lower().endswith(FORMATS)]
+        for root, folders, files in os.walk(os.path.join(folder, name)):
+            folders[:] = [f for f in folders if not hidden(f)]
+            found += [os.path.join(root, f) for f in sorted(files) if not f.lower().endswith(FORMATS) and not hidden(f)]
     return found
 
 
