@@ -8,6 +8,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transferlab import files, records
 
@@ -80,7 +81,8 @@ class LearningRateLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_tensor(self.model.optimizer.learning_rate))
+            rate = self.model.optimizer.learning_rate  # a Variable (under a strategy its value is mirrored) or a tensor
+            logs["learning_rate"] = float(tf.convert_to_tensor(getattr(rate, "value", rate)))
 
 
 def random_states(model):
