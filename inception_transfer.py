@@ -35,6 +35,7 @@ EPOCHS = 20  # epochs of the frozen phase "transfer", as published
 BATCH_SIZE = 20  # as published
 HEAD_BATCH_SIZE = 20  # batch size for the head on cached features (when AUGMENT is off)
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
+CLASS_WEIGHT: str | None = None  # "balanced": each class weighs the same in the loss, however many images it has
 LEARNING_RATE = 1e-4  # RMSprop's, as published
 OPTIMIZER = "rmsprop"  # adam, rmsprop or sgd, in every phase
 STOP_AT_VAL_ACCURACY = 0.97  # stop a phase once validation accuracy reaches this (the course's callback); 1.0: never
@@ -84,6 +85,7 @@ if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same ima
     source["samples"]["train"] = len(x_train)
 CLASS_NAMES = source["class_names"]
 print(f"images from {source['source']}: classes {CLASS_NAMES}, {len(x_train)} train, {len(x_val)} validation")
+source["class_weight"] = CLASS_WEIGHTS = data.class_weights(y_train, CLASS_NAMES, CLASS_WEIGHT)  # or None
 
 
 # 3. Input pipelines. The course's ImageDataGenerator augmentation as Keras preprocessing layers, in the
@@ -162,6 +164,7 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
             cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing="InceptionV3 preprocess_input",
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
             optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed, more_callbacks=[stop],
+            class_weight=CLASS_WEIGHTS,
         )
         run.add_phase("transfer", phase_record(model, len(timer.history["loss"]), timer, stop, **cache), model=model)
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
@@ -179,7 +182,7 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
                 run, "fine_tune", model, backbone, keras.layers.Flatten(), head, x_train, y_train,
                 cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
                 epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE,
-                optimizer=OPTIMIZER, more_callbacks=[stop],
+                optimizer=OPTIMIZER, more_callbacks=[stop], class_weight=CLASS_WEIGHTS,
             )
             run.add_phase("fine_tune", phase_record(model, len(timer.history["loss"]), timer, stop, **cache),
                           model=model)
@@ -201,7 +204,7 @@ with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), sourc
         if not run.restore("scratch", scratch):
             timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
                                batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
-                               optimizer=OPTIMIZER, more_callbacks=[stop])
+                               optimizer=OPTIMIZER, more_callbacks=[stop], class_weight=CLASS_WEIGHTS)
             run.add_phase("scratch", phase_record(scratch, len(timer.history["loss"]), timer, stop,
                                                   batch_size=BATCH_SIZE), model=scratch)
 

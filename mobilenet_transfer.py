@@ -40,6 +40,7 @@ EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
 BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
 HEAD_BATCH_SIZE = 32  # batch size for the head on cached features
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
+CLASS_WEIGHT: str | None = None  # "balanced": each class weighs the same in the loss, however many images it has
 LEARNING_RATE: float | None = None  # for the new head in the frozen phase, and for scratch
 OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
 FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
@@ -128,6 +129,7 @@ if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same ima
     source["samples"]["train"] = len(x_train)
 print(f"{DATASET} from {source['source']}: classes {CLASS_NAMES}, "
       + ", ".join(f"{n} {split}" for split, n in source["samples"].items()))
+source["class_weight"] = CLASS_WEIGHTS = data.class_weights(y_train, CLASS_NAMES, CLASS_WEIGHT)  # or None
 
 
 # 3. Input pipelines: shuffled and (optionally) augmented for training, the backbone's own preprocessing once.
@@ -182,7 +184,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
             run, "transfer", features, head, x_train, y_train,
             cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing=PREPROCESSING,
             epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-            optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed,
+            optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed, class_weight=CLASS_WEIGHTS,
         )
         validation, test_result = evaluate(model, timer.history)
         run.add_phase("transfer", phases.summary(CLASS_NAMES, x_train, EPOCHS, timer, test_result, model,
@@ -201,7 +203,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
                 run, "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, x_train, y_train,
                 cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
                 epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
-                optimizer=OPTIMIZER, schedule=SCHEDULE,
+                optimizer=OPTIMIZER, schedule=SCHEDULE, class_weight=CLASS_WEIGHTS,
             )
             validation, test_result = evaluate(model, timer.history)
             run.add_phase("fine_tune", phases.summary(CLASS_NAMES, x_train, FINE_TUNE_EPOCHS, timer, test_result,
@@ -228,7 +230,7 @@ with (records.Run(results_dir, "mobilenet", CONFIG, runtime.environment(), sourc
         if not run.restore("scratch", scratch):
             timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
                                batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
-                               optimizer=OPTIMIZER, schedule=SCHEDULE)
+                               optimizer=OPTIMIZER, schedule=SCHEDULE, class_weight=CLASS_WEIGHTS)
             validation, test_result = evaluate(scratch, timer.history)
             run.add_phase("scratch", phases.summary(CLASS_NAMES, x_train, SCRATCH_EPOCHS, timer, test_result,
                                                     scratch, validation=validation, batch_size=BATCH_SIZE),

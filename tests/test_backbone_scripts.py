@@ -27,7 +27,7 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder_3}", "--weights=None", "--image_size=32",
                         "--epochs=1", "--fine_tune_epochs=1", "--scratch_epochs=1", "--head=16", "--batch_size=8",
-                        f"--results_dir={results}")
+                        "--class_weight=balanced", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning: skipped 4 files: train/class_a/corrupt.jpg (cannot be decoded)" in result.stdout
     record, folder = only_record(results, "mobilenet")
@@ -35,6 +35,8 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     assert record["data"]["skipped_count"] == 4 and len(record["data"]["skipped_files"]) == 4
     assert record["data"]["samples"] == {"train": 24, "validation": 6}
     assert record["data"]["class_names"] == ["class_a", "class_b", "class_c"]
+    # 24 training images: 6, 9 and 9 of the three classes; each class then weighs 24 / 3 = 8 images' worth
+    assert record["data"]["class_weight"] == pytest.approx({"0": 24 / (3 * 6), "1": 24 / (3 * 9), "2": 24 / (3 * 9)})
     assert record["backbone"] == {"backbone": "MobileNetV2", "input_size": 32, "weights": "random",
                                   "weights_sha256": None, "layers": 154}
     # The folder recipe filled the constants left at None; the command line's --image_size won.

@@ -135,3 +135,16 @@ def test_scale_images_gives_unit_range_and_a_channel_axis():
     scaled = data.scale_images(x)
     assert scaled.shape == (1, 2, 2, 1) and scaled.dtype == np.float32
     np.testing.assert_allclose(scaled[0, :, :, 0], [[0.0, 1.0], [0.2, 0.4]], rtol=1e-6)
+
+
+def test_balanced_class_weights_make_each_class_weigh_the_same(capsys):
+    y = np.array([0] * 80 + [1] * 20)
+    assert data.class_weights(y, ["cats", "dogs"], None) is None
+    assert "warning: cats has 80 training images, dogs 20: more than 3 times as many; --class_weight=balanced" in \
+        capsys.readouterr().out
+    weights = data.class_weights(y, ["cats", "dogs"], "balanced")
+    assert weights == {0: 100 / (2 * 80), 1: 100 / (2 * 20)}  # 0.625 and 2.5: both classes now sum to 50
+    assert data.class_weights(np.array([0, 0, 0, 1, 1, 1]), ["a", "b"], "balanced") == {0: 1.0, 1: 1.0}
+    assert capsys.readouterr().out.count("warning") == 1  # 4 to 1 warns; 1 to 1 does not
+    with pytest.raises(UserError, match="--class_weight=equal: expected None or 'balanced'"):
+        data.class_weights(y, ["cats", "dogs"], "equal")

@@ -270,6 +270,25 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
     return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+CLASS_WEIGHTS = (None, "balanced")
+
+
+def class_weights(y, class_names, kind):
+    """Per-class loss weights from the training labels `y`: None (every image counts the same), or
+    "balanced": n / (classes x count), so that each class weighs as much in the loss as if the classes
+    were equally large (scikit-learn's rule). Warns when the largest class has more than 3 times the
+    smallest's images, whatever `kind` is: a classifier trained on it leans toward the large class."""
+    check(kind in CLASS_WEIGHTS, f"--class_weight={kind}: expected None or 'balanced'")
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(class_names))
+    if counts.min() > 0 and counts.max() > 3 * counts.min():
+        large, small = class_names[int(counts.argmax())], class_names[int(counts.argmin())]
+        print(f"warning: {large} has {counts.max()} training images, {small} {counts.min()}: more than 3 times as "
+              f"many" + ("" if kind else "; --class_weight=balanced weighs the classes equally in the loss"))
+    if kind is None:
+        return None
+    return {c: float(len(y) / (len(class_names) * n)) for c, n in enumerate(counts) if n}
+
+
 def take_per_class(x, y, per_class, seed):
     """`per_class` samples of every label in `y`, chosen with the seed (stratified), in their original
     order: the data-efficiency studies' smaller training sets. The same seed takes the same samples."""

@@ -30,13 +30,15 @@ class RunLike(Protocol):
 
 
 def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validation_data=None, feed=None,
-        steps_per_execution=1, optimizer="adam", schedule="constant", initial_epoch=0, more_callbacks=()):
+        steps_per_execution=1, optimizer="adam", schedule="constant", class_weight=None, initial_epoch=0,
+        more_callbacks=()):
     """`model.fit` for one phase: compile first (Keras fixes the trainable weights at compile time, so
     this must follow any change to `trainable`), then fit with the phase's timer, CSV history, NaN guard
     and per-epoch checkpoint. A phase that continues another (fine-tuning) starts at `initial_epoch`, so
     its epochs go on numbering; a phase interrupted before goes on from its last finished epoch.
     The learning rate follows `schedule` (models.SCHEDULES) over the phase's `epochs`, counted in optimizer
-    steps (restored with the checkpoint, so a resumed phase goes on where its schedule was).
+    steps (restored with the checkpoint, so a resumed phase goes on where its schedule was). `class_weight`
+    ({class: weight}, data.class_weights) weighs each image's loss by its class.
 
     Images (`x`, `y` arrays, and `validation_data`) go into the model in batches of `batch_size`, each
     epoch in its own seeded order (data.epoch_batches), or through `feed(x, y, first_epoch)`, a tf.data
@@ -75,6 +77,7 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         phase_callbacks.append(keras.callbacks.TensorBoard(run.file(os.path.join("tensorboard", phase)),
                                                            write_graph=False, profile_batch=0))
     model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,
+              class_weight=class_weight,
               callbacks=[*phase_callbacks, *more_callbacks], verbose=callbacks.VERBOSE)
     if not np.all(np.isfinite(timer.history.get("loss", []))):  # EpochLog stopped it: the phase failed
         raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
@@ -84,7 +87,7 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
              validation_data=None, augmentation=(), feed=None, preprocessing="", optimizer="adam",
-             more_callbacks=()):
+             class_weight=None, more_callbacks=()):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
     With a `cache`, the frozen layers run once over the training (and validation) images in inference
@@ -104,7 +107,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
     """
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
-               "validation_data": validation_data, "epochs": epochs}
+               "validation_data": validation_data, "epochs": epochs, "class_weight": class_weight}
     if cache is None or features is None:  # the published way, or nothing frozen and so nothing to cache
         parts = [*augmentation, head] if features is None else [*augmentation, features, head]
         first = head if features is None else features
