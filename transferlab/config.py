@@ -19,7 +19,6 @@ import typing
 from transferlab import process
 
 
-
 class UserError(Exception):
     """A problem with what the user gave (constants, data, paths): one line on stderr, exit code 2."""
 
@@ -195,7 +194,7 @@ def configure(namespace, argv):
     try:
         return apply_overrides(namespace, argv)
     except UserError as error:
-        report(error)
+        process.fail(error)
 
 
 def check_phase_inputs(namespace):
@@ -206,8 +205,3 @@ def check_phase_inputs(namespace):
         unknown = [name for name in names if name not in known]
         if unknown:
             raise NameError(f"PHASE_INPUTS[{phase!r}] names {', '.join(unknown)}: not constants of this script")
-
-
-def report(error):
-    """Print a UserError as one line on stderr and exit with code 2 (process.fail)."""
-    process.fail(error)
