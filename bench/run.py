@@ -386,8 +386,7 @@ def main(argv=None):
         figures.append(scaling(mnist_dir, weights, work, [4, 16, None] if args.quick else [100, 400, 1600, None]))
     text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
     files.write_json(args.out + ".json", figures)
-    with files.replacing(args.out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    files.write_text(args.out, text)
     print(text)
     return figures
 
