@@ -14,16 +14,16 @@ unfrozen too) and "scratch" (the same network from random weights).
     python inception_transfer.py --help                                       # every constant with its default
 """
 
-import functools
 import sys
 
-from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, distribute, folders, models, phases, plots, records
+from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
+from transferlab import backbones, callbacks, config, data, folders, models, phases
 
 import keras
 
 # -----------------------------------------------------------------------------------------------------
-# Constants: edit them here, or override any from the shell as --name=value.
+# Constants: edit them here, or override any from the shell as --name=value. Every experiment also has
+# SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, TENSORBOARD, RESULTS_DIR and RESUME (--help).
 DATA_DIR: str | None = None  # a folder with train/<class>/; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
 VALIDATION_SPLIT = 0.2  # share of train/ that validates (seeded) when there is no validation/ folder
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
@@ -44,48 +44,41 @@ FEATURE_CACHE = True  # without AUGMENT: backbone features once per image (on di
 FINE_TUNE_EPOCHS = 0  # epochs of phase "fine_tune" after the frozen phase (not in the course); 0 skips it
 FINE_TUNE_AT: int | str = "mixed6"  # first backbone layer to unfreeze, by index or name: mixed7's block trains
 FINE_TUNE_LEARNING_RATE = 1e-5  # low, so fine-tuning refines ImageNet's features, not erases them
+REUSE_TRANSFER = False  # take phase "transfer" from an earlier run in RESULTS_DIR with the same constants and data
 RUN_SCRATCH = False  # train the same network from random init (expensive: every layer trains every epoch)
 SCRATCH_EPOCHS = 20  # epochs of phase "scratch"
 BATCHNORM_MOMENTUM = 0.9  # for the BatchNormalization of the scratch network; Keras's 0.99 lags for few epochs
-SEED = 42  # one seed for Python, numpy and TensorFlow, and for the validation split
-DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
-DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
-MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
-TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
-RESULTS_DIR = "results"  # each run writes RESULTS_DIR/inception/<run_id>/
-RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
 # -----------------------------------------------------------------------------------------------------
-CONFIG = config.configure(globals(), sys.argv[1:])
+# The constants only the phases after "transfer" read: with --reuse_transfer=True a run takes phase "transfer"
+# from an earlier run only when every other constant (and the data, weights, code and versions) is the same.
+LATER_CONSTANTS = {"transfer": ["FINE_TUNE_EPOCHS", "FINE_TUNE_AT", "FINE_TUNE_LEARNING_RATE", "REUSE_TRANSFER",
+                                "RUN_SCRATCH", "SCRATCH_EPOCHS", "BATCHNORM_MOMENTUM"]}
+CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
 config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE, HEAD_WIDTH=HEAD_WIDTH,
                       LEARNING_RATE=LEARNING_RATE, FINE_TUNE_LEARNING_RATE=FINE_TUNE_LEARNING_RATE,
-                      BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
-config.check(FINE_TUNE_EPOCHS >= 0 and SCRATCH_EPOCHS >= 0, "--fine_tune_epochs and --scratch_epochs must be >= 0")
-config.check(TASK_B_SAMPLES_PER_CLASS is None or TASK_B_SAMPLES_PER_CLASS > 0,
-             f"--task_b_samples_per_class must be > 0 or None, got {TASK_B_SAMPLES_PER_CLASS}")
+                      TASK_B_SAMPLES_PER_CLASS=TASK_B_SAMPLES_PER_CLASS)
+config.check_non_negative(FINE_TUNE_EPOCHS=FINE_TUNE_EPOCHS, SCRATCH_EPOCHS=SCRATCH_EPOCHS)
+config.check_fraction(BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
 config.check(0 <= DROPOUT < 1, f"--dropout={DROPOUT}: must be in [0, 1)")
 config.check(0 < STOP_AT_VAL_ACCURACY <= 1, f"--stop_at_val_accuracy={STOP_AT_VAL_ACCURACY}: must be in (0, 1]")
-config.check(OPTIMIZER in models.OPTIMIZERS, f"--optimizer={OPTIMIZER}: expected one of {', '.join(models.OPTIMIZERS)}")
-strategy = distribute.start(DISTRIBUTE, MIXED_PRECISION, RESUME)  # before any other TensorFlow work
-results_dir = distribute.results_dir(RESULTS_DIR, strategy)  # the chief's RESULTS_DIR; other workers a temporary one
-resumed = records.find_resumable(results_dir, "inception", RESUME, CONFIG)
-runtime.seed_everything(SEED, DETERMINISTIC)
+config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS))
+exp = experiment.start("inception", CONFIG)
 root = folders.find(data.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
-with strategy.scope():  # its weights are variables: under a strategy they must be created inside its scope
+with exp.scope():  # its weights are variables: under a strategy they must be created inside its scope
     backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
     backbone = backbones.cut(backbone, CUT_LAYER)
 backbone_info.update(cut_layer=CUT_LAYER, layers=len(backbone.layers))
 backbones.layer_index(backbone, FINE_TUNE_AT)
+if WEIGHTS is None:
+    print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
+          "means nothing (the record says weights: random)")
 
 # 2. Data: the image folder, decoded once into uint8 images at the input size.
-(x_train, y_train), (x_val, y_val), source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, SEED)
-if TASK_B_SAMPLES_PER_CLASS is not None:  # a smaller training set, the same images for the same seed
-    x_train, y_train = data.take_per_class(x_train, y_train, TASK_B_SAMPLES_PER_CLASS, SEED)
-    source["samples"]["train"] = len(x_train)
-CLASS_NAMES = source["class_names"]
-print(f"images from {source['source']}: classes {CLASS_NAMES}, {len(x_train)} train, {len(x_val)} validation")
-source["class_weight"] = CLASS_WEIGHTS = data.class_weights(y_train, CLASS_NAMES, CLASS_WEIGHT)  # or None
+*splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
+task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
+CLASS_NAMES = task.classes
 
 
 # 3. Input pipelines. The course's ImageDataGenerator augmentation as Keras preprocessing layers, in the
@@ -103,26 +96,7 @@ def augmentation():
     ])
 
 
-feed = functools.partial(backbones.pipeline, preprocess=backbones.preprocess_function("InceptionV3"),
-                         batch_size=BATCH_SIZE, seed=SEED, augmentation=augmentation())
-
-
-class StopAtValAccuracy(keras.callbacks.Callback):
-    """The course's callback: stop once validation accuracy reaches `threshold`. It reads the metric by the
-    name Keras logs for metrics=["accuracy"] ("val_accuracy"), and fails loudly if that name is missing
-    instead of never stopping (the course's logs.get('acc') returns None in Keras 3)."""
-
-    def __init__(self, threshold, monitor="val_accuracy"):
-        super().__init__()
-        self.threshold, self.monitor, self.stopped_at = threshold, monitor, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor not in logs:
-            raise KeyError(f"{self.monitor!r} is not among the logged metrics {sorted(logs)}")
-        if logs[self.monitor] >= self.threshold:
-            print(f"{self.monitor} {logs[self.monitor]:.4f} reached {self.threshold}: stopping after epoch {epoch + 1}")
-            self.stopped_at = epoch + 1
-            self.model.stop_training = True
+feed = backbones.Feed("InceptionV3", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
 
 
 # 4. The network: InceptionV3 up to CUT_LAYER -> Flatten (the features) -> the course's head.
@@ -134,83 +108,49 @@ def new_head(features):
     ], name="head")
 
 
-def phase_record(model, epochs_run, timer, stop, **more):
-    validation = model.evaluate(feed(x_val, y_val), verbose=0)
-    return phases.summary(CLASS_NAMES, x_train, epochs_run, timer, None, model, validation=validation,
-                          stopped_early=stop.stopped_at is not None, **more)
-
-
 IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-if WEIGHTS is None:
-    print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
-          "means nothing (the record says weights: random)")
-with (records.Run(results_dir, "inception", CONFIG, runtime.environment(), source, resumed=resumed,
-                  backbone=backbone_info, distribute=distribute.describe(strategy, BATCH_SIZE),
-                  tensorboard=TENSORBOARD) as run,
-      strategy.scope()):  # models built in here are placed and replicated by the strategy
-    print(f"run {run.run_id}: {run.dir}")
-
+options = {"validation_data": task.validation, "feed": feed, "optimizer": OPTIMIZER, "class_weight": CLASS_WEIGHTS}
+with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
+             backbone=backbone_info) as run:
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, with augmentation
-    #    the published way (the backbone runs every epoch), without it on cached features. Each phase saves
-    #    its weights when done, so a resumed run restores a finished phase instead of training it again.
-    print(f"\n== transfer: {len(x_train)} images, InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen, "
+    #    the published way (the backbone runs every epoch), without it on cached features, until validation
+    #    accuracy reaches STOP_AT_VAL_ACCURACY. Each phase saves its weights when done, so a resumed run
+    #    restores a finished phase; --reuse_transfer=True takes an earlier run's (same constants, data and weights).
+    print(f"\n== transfer: {task.samples} images, InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen, "
           f"up to {EPOCHS} epochs")
     features = backbones.feature_extractor(backbone, keras.layers.Flatten())
-    head, stop = new_head(features), StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
+    head, stop = new_head(features), callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    if not run.restore("transfer", model):
-        timer, cache = phases.fit_head(
-            run, "transfer", features, head, x_train, y_train,
-            cache="disk" if FEATURE_CACHE and not AUGMENT else None, preprocessing="InceptionV3 preprocess_input",
-            epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-            optimizer=OPTIMIZER, validation_data=(x_val, y_val), feed=feed, more_callbacks=[stop],
-            class_weight=CLASS_WEIGHTS,
-        )
-        run.add_phase("transfer", phase_record(model, len(timer.history["loss"]), timer, stop, **cache), model=model)
+    y_pred = run.phase("transfer", model, lambda: phases.fit_head(
+        run, "transfer", features, head, *task.train, cache="disk" if FEATURE_CACHE and not AUGMENT else None,
+        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
+        more_callbacks=[stop], **options), task, reuse=REUSE_TRANSFER, stop=stop)
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
     #    BatchNormalization stays frozen: 2,000 photos cannot re-estimate ImageNet's statistics.
-    y_pred = None  # the final model's validation predictions, when fine-tuning in this process made them
     if FINE_TUNE_EPOCHS:
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT)
         print(f"\n== fine_tune: layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, "
               f"{FINE_TUNE_EPOCHS} epochs")
-        stop = StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        if not run.restore("fine_tune", model):
-            timer, cache, y_pred = phases.fine_tune(
-                run, "fine_tune", model, backbone, keras.layers.Flatten(), head, x_train, y_train,
-                cache=FEATURE_CACHE and not AUGMENT, validation_data=(x_val, y_val), feed=feed, batch_size=BATCH_SIZE,
-                epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE,
-                optimizer=OPTIMIZER, more_callbacks=[stop], class_weight=CLASS_WEIGHTS,
-            )
-            run.add_phase("fine_tune", phase_record(model, len(timer.history["loss"]), timer, stop, **cache),
-                          model=model)
+        stop = callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
+        y_pred = run.phase("fine_tune", model, lambda: phases.fine_tune(
+            run, "fine_tune", model, backbone, keras.layers.Flatten(), head, *task.train,
+            cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS,
+            initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, more_callbacks=[stop], **options),
+            task, stop=stop)
 
     # 7. Plots of the final transferred model: where it errs, and what it sees.
-    if y_pred is None:
-        y_pred = models.predict_classes(model, feed(x_val, y_val))
-    plots.predictions(run.dir, x_val, y_val, y_pred, CLASS_NAMES,
-                      f"InceptionV3 ({backbone_info['weights']}), validation, run {run.run_id}", seed=SEED)
+    run.plot_predictions(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']}), validation")
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        print(f"\n== scratch: {len(x_train)} images, InceptionV3 to {CUT_LAYER}, random init, {SCRATCH_EPOCHS} epochs")
-        random_backbone = backbones.cut(backbones.load("InceptionV3", IMAGE_SIZE, None)[0], CUT_LAYER)
-        backbones.set_batchnorm_momentum(random_backbone, BATCHNORM_MOMENTUM)
-        scratch_features = backbones.feature_extractor(random_backbone, keras.layers.Flatten(), frozen=False)
-        scratch, stop = models.stack(IMAGE, [scratch_features, new_head(scratch_features)], name="scratch"), \
-            StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        if not run.restore("scratch", scratch):
-            timer = phases.fit(run, "scratch", scratch, x_train, y_train, validation_data=(x_val, y_val), feed=feed,
-                               batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE,
-                               optimizer=OPTIMIZER, more_callbacks=[stop], class_weight=CLASS_WEIGHTS)
-            run.add_phase("scratch", phase_record(scratch, len(timer.history["loss"]), timer, stop,
-                                                  batch_size=BATCH_SIZE), model=scratch)
-
-    # 9. Learning curves of every phase, fine-tuning placed after the frozen phase.
-    plots.learning_curves(run.histories(), run.file("learning_curves.png"),
-                          title=f"InceptionV3 transfer, run {run.run_id}")
-
-# 10. Summary: what each phase cost and scored.
-records.print_summary(run.record, run.path)
+        print(f"\n== scratch: {task.samples} images, InceptionV3 to {CUT_LAYER}, random init, {SCRATCH_EPOCHS} epochs")
+        scratch_features = backbones.scratch_features("InceptionV3", IMAGE_SIZE, keras.layers.Flatten(),
+                                                      BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
+        scratch = models.stack(IMAGE, [scratch_features, new_head(scratch_features)], name="scratch")
+        stop = callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
+        run.phase("scratch", scratch, lambda: phases.fit(
+            run, "scratch", scratch, *task.train, batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS,
+            learning_rate=LEARNING_RATE, more_callbacks=[stop], **options), task, stop=stop, batch_size=BATCH_SIZE)
+# Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

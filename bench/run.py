@@ -201,7 +201,7 @@ def backbone_extraction(folder, weights, image_size, batch_size, rounds):
 
     def ours():
         start = time.perf_counter()
-        (x, y), (xv, yv), info = folders.load(folder, image_size, 0.2, seed=0)
+        (x, y), (xv, yv), _, info = folders.load(folder, image_size, 0.2, seed=0)
         x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
         batches = backbones.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
         with tempfile.TemporaryDirectory() as tmp:

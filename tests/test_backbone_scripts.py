@@ -193,3 +193,20 @@ def test_mobilenet_real_weights_on_a_cats_and_dogs_subset_beat_90_percent(tmp_pa
     record, _ = only_record(results, "mobilenet")
     assert record["backbone"]["weights_sha256"] == "6714965a05ee6d8568343664bb9cda7456c6eb1fa190a6f5eb39bf087068b100"
     assert record["phases"]["transfer"]["val_accuracy"] > 0.90  # 0.97 here; at 96 px and 5 epochs it was 0.89-0.9
+
+
+def test_the_new_experiment_in_contributing_runs_as_written(image_folder, tmp_path, cache_dir):
+    # CONTRIBUTING.md says a new experiment is one short file; its example must be one that works.
+    with open(os.path.join(os.path.dirname(__file__), "..", "CONTRIBUTING.md"), encoding="utf-8") as f:
+        text = f.read()
+    source = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(source.splitlines()) <= 40
+    script = tmp_path / "probe.py"
+    script.write_text(source)
+    results = tmp_path / "results"
+    result = run_script(str(script), f"--data_dir={image_folder}", "--weights=None", "--image_size=32",
+                        "--epochs=1", f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record, folder = only_record(results, "probe")
+    assert record["status"] == "complete" and list(record["phases"]) == ["transfer"]
+    assert record["phases"]["transfer"]["feature_cache"] == "miss" and "learning_curves.png" in os.listdir(folder)

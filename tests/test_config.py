@@ -170,10 +170,10 @@ def test_fill_from_recipe_fills_only_what_was_left_at_none():
     assert filled == namespace == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}
 
 
-def test_phase_inputs_may_name_only_constants(tmp_path):
+def test_later_constants_may_name_only_constants(tmp_path):
     ns = namespace(tmp_path)
-    ns["PHASE_INPUTS"] = {"base": ["EPOCHS", "LEARNING_RATE"]}
-    config.check_phase_inputs(ns)  # both are constants: nothing to say
-    ns["PHASE_INPUTS"] = {"base": ["EPOCHS", "LEARNING_RAT"]}
-    with pytest.raises(NameError, match=r"PHASE_INPUTS\['base'\] names LEARNING_RAT: not constants of this script"):
-        config.check_phase_inputs(ns)
+    ns["LATER_CONSTANTS"] = {"base": ["EPOCHS", "LEARNING_RATE"]}
+    config.check_later_constants(ns)  # both are constants: nothing to say
+    ns["LATER_CONSTANTS"] = {"base": ["EPOCHS", "LEARNING_RAT"]}
+    with pytest.raises(NameError, match=r"LATER_CONSTANTS\['base'\] names LEARNING_RAT: not constants of this script"):
+        config.check_later_constants(ns)

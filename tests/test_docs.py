@@ -69,10 +69,12 @@ def commands(path):
 
 
 def constants(script):
-    """The upper-case constants a script defines at its top level (what --name=value may set)."""
+    """The upper-case constants a script defines at its top level (what --name=value may set), and those every
+    experiment has (transferlab/run_constants.py), when the script is one."""
     with open(os.path.join(ROOT, script), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    names = set()
+        source = f.read()
+    tree = ast.parse(source)
+    names = constants("transferlab/run_constants.py") if "experiment.configure(" in source else set()
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
             node, ast.AnnAssign) else []

@@ -13,7 +13,7 @@ from transferlab.config import UserError
 
 
 def test_load_decodes_every_readable_image_and_reports_the_rest(image_folder):
-    (x_train, y_train), (x_val, y_val), info = folders.load(str(image_folder), 16, 0.2, seed=0)
+    (x_train, y_train), (x_val, y_val), _, info = folders.load(str(image_folder), 16, 0.2, seed=0)
     assert x_train.shape == (16, 16, 16, 3) and x_train.dtype == np.uint8  # grey, RGBA, palette became RGB
     assert x_val.shape == (8, 16, 16, 3)
     assert np.bincount(y_train).tolist() == [8, 8] and np.bincount(y_val).tolist() == [4, 4]
@@ -42,7 +42,7 @@ def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys)
                         ("b/la.png", colour.convert("LA")), ("b/rgb.png", colour)):
         (tmp_path / "train" / name).parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp_path / "train" / name)
-    train, validation, info = folders.load(str(tmp_path), 8, 0.5, seed=0)
+    train, validation, _, info = folders.load(str(tmp_path), 8, 0.5, seed=0)
     images = np.concatenate([train[0], validation[0]])
     assert len(images) == 4 and info["skipped_count"] == 0
     assert info["converted_images"] == {"1": 1, "CMYK": 1, "LA": 1}
@@ -52,13 +52,13 @@ def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys)
 
 
 def test_without_a_validation_folder_a_seeded_split_validates(image_folder_3):
-    train, validation, info = folders.load(str(image_folder_3), 16, 0.2, seed=3)
+    train, validation, _, info = folders.load(str(image_folder_3), 16, 0.2, seed=3)
     assert len(train[0]) == 24 and len(validation[0]) == 6 and info["samples"] == {"train": 24, "validation": 6}
     assert info["validation"] == "0.2 of train/, seed 3"
     again = folders.load(str(image_folder_3), 16, 0.2, seed=3)
     other = folders.load(str(image_folder_3), 16, 0.2, seed=4)
     assert np.array_equal(again[1][0], validation[0]) and not np.array_equal(other[1][0], validation[0])
-    assert info["sha256"] == again[2]["sha256"]
+    assert info["sha256"] == again[3]["sha256"]
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -92,7 +92,7 @@ def test_validation_on_cached_features_is_the_whole_models(cache, tmp_path):
     head = models.stack((8,), [keras.layers.Dense(3, activation="softmax")], name="h")
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 6)).astype(np.float32), np.arange(96) % 3
-    timer, info = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
+    timer, info, _ = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
                                   head_batch_size=16, learning_rate=0.05, validation_data=(x[:40], y[:40]))
     whole = models.compile_classifier(models.stack((6,), [frozen, head], name="whole"), 0.05)
     loss, accuracy = whole.evaluate(x[:40], y[:40], verbose=0)

@@ -92,6 +92,15 @@ def feature_extractor(backbone, pooling, frozen=True):
     return keras.Model(inputs, outputs, name="features")
 
 
+def scratch_features(name, image_size, pooling, batchnorm_momentum, cut_at=None):
+    """The scratch baseline's feature extractor: backbone `name` from random weights (up to the layer `cut_at`),
+    its BatchNormalization at `batchnorm_momentum`, then `pooling`, every layer training."""
+    backbone, _ = load(name, image_size, None)
+    backbone = cut(backbone, cut_at) if cut_at else backbone
+    set_batchnorm_momentum(backbone, batchnorm_momentum)
+    return feature_extractor(backbone, pooling, frozen=False)
+
+
 def batchnorm_layers(model):
     return [layer for layer in compat.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
@@ -191,3 +200,17 @@ def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentati
     dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
                           num_parallel_calls=tf.data.AUTOTUNE)
     return distribute.sharded(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+class Feed:
+    """A backbone experiment's input pipelines (`pipeline` with the backbone `name`'s preprocessing):
+    `feed(x, y)` to evaluate, `feed(x, y, first_epoch)` to train. `preprocessing` names what it does to the
+    images: part of the feature cache's key."""
+
+    def __init__(self, name, *, batch_size, seed, augmentation=None):
+        self.preprocessing = f"{name} preprocess_input"
+        self.options = {"preprocess": preprocess_function(name), "batch_size": batch_size, "seed": seed,
+                        "augmentation": augmentation}
+
+    def __call__(self, x, y, first_epoch=None):
+        return pipeline(x, y, first_epoch, **self.options)

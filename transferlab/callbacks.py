@@ -85,6 +85,24 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(tf.convert_to_tensor(getattr(rate, "value", rate)))
 
 
+class StopAtValAccuracy(keras.callbacks.Callback):
+    """The Coursera course's callback: stop once validation accuracy reaches `threshold`. It reads the metric
+    by the name Keras logs for metrics=["accuracy"] ("val_accuracy"), and fails loudly if that name is missing
+    instead of never stopping (the course's logs.get('acc') returns None in Keras 3)."""
+
+    def __init__(self, threshold, monitor="val_accuracy"):
+        super().__init__()
+        self.threshold, self.monitor, self.stopped_at = threshold, monitor, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in logs:
+            raise KeyError(f"{self.monitor!r} is not among the logged metrics {sorted(logs)}")
+        if logs[self.monitor] >= self.threshold:
+            print(f"{self.monitor} {logs[self.monitor]:.4f} reached {self.threshold}: stopping after epoch {epoch + 1}")
+            self.stopped_at = epoch + 1
+            self.model.stop_training = True
+
+
 def random_states(model):
     """The model's random-number states (the seed generators of Dropout and random augmentation layers):
     variables that are not weights, so `save_weights` leaves them out."""

@@ -30,9 +30,28 @@ def check(condition, message):
 
 
 def check_positive(**values):
-    """Each named value must be > 0: `check_positive(EPOCHS=EPOCHS)` stops with "--epochs must be > 0, got 0"."""
+    """Each named value must be > 0: `check_positive(EPOCHS=EPOCHS)` stops with "--epochs must be > 0, got 0".
+    None passes (a constant that may be left unset, as TASK_B_SAMPLES_PER_CLASS)."""
     for name, value in values.items():
-        check(value > 0, f"--{name.lower()} must be > 0, got {value}")
+        check(value is None or value > 0, f"--{name.lower()} must be > 0, got {value}")
+
+
+def check_non_negative(**values):
+    """Each named value must be >= 0 (a count of epochs where 0 skips the phase)."""
+    for name, value in values.items():
+        check(value >= 0, f"--{name.lower()} must be >= 0, got {value}")
+
+
+def check_fraction(**values):
+    """Each named value must lie strictly between 0 and 1 (a share of the data, a momentum)."""
+    for name, value in values.items():
+        check(0 < value < 1, f"--{name.lower()}={value}: must be in (0, 1)")
+
+
+def check_choice(**values):
+    """Each named (value, choices) pair: the value must be one of the choices."""
+    for name, (value, choices) in values.items():
+        check(value in choices, f"--{name.lower()}={value}: expected one of {', '.join(map(str, choices))}")
 
 
 def constants(namespace):
@@ -118,15 +137,16 @@ def comments(source):
     return found
 
 
-def help_text(namespace, script):
-    """The --help page: usage, the script's docstring, and every constant with its default. A constant whose
-    default is None and that a recipe fills (a script's RECIPES: {name: {CONSTANT: value}}) shows the value
-    it takes in each recipe."""
+def help_text(namespace, script, shared=None):
+    """The --help page: usage, the script's docstring, and every constant with its default (with the comment
+    beside it in the script, or in the `shared` module's source). A constant whose default is None and that a
+    recipe fills (a script's RECIPES: {name: {CONSTANT: value}}) shows the value it takes in each recipe."""
     values = constants(namespace)
     notes = {}
-    if os.path.exists(script):
-        with open(script, encoding="utf-8") as f:
-            notes = comments(f.read())
+    for path in ([shared.__file__] if shared else []) + [script]:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                notes.update(comments(f.read()))
     doc = (namespace.get("__doc__") or "").strip()
     lines = [f"usage: python {os.path.basename(script)} [--name=value ...] [--debug]", ""]
     if doc:
@@ -181,15 +201,24 @@ def fill_from_recipe(namespace, values, recipe):
     return values
 
 
-def configure(namespace, argv):
+def configure(namespace, argv, shared=None):
     """Handle --help, apply the overrides to the script's globals, and report UserErrors as one line.
+    `shared`, a module of constants (transferlab.run_constants), adds its constants, and their annotations,
+    to those of the script that it does not set itself.
 
     Returns the final {NAME: value} of every constant (what the run record stores as `config`).
     """
+    if shared is not None:
+        annotations = namespace.setdefault("__annotations__", {})
+        for name, value in constants(vars(shared)).items():
+            if name not in namespace:
+                namespace[name] = value
+                if name in vars(shared).get("__annotations__", {}):
+                    annotations.setdefault(name, shared.__annotations__[name])
     if "-h" in argv or "--help" in argv:
-        print(help_text(namespace, namespace.get("__file__", "script.py")))
+        print(help_text(namespace, namespace.get("__file__", "script.py"), shared))
         sys.exit(0)
-    check_phase_inputs(namespace)
+    check_later_constants(namespace)
     process.install()
     try:
         return apply_overrides(namespace, argv)
@@ -197,11 +226,11 @@ def configure(namespace, argv):
         process.fail(error)
 
 
-def check_phase_inputs(namespace):
-    """A script's PHASE_INPUTS ({phase: [CONSTANT, ...]}, the constants a reusable phase depends on) may name
-    only its constants: a misspelt name would make --reuse_* ignore a constant and load a stale phase."""
+def check_later_constants(namespace):
+    """A script's LATER_CONSTANTS ({phase: [CONSTANT, ...]}, the constants that only phases after a reusable
+    one read) may name only its constants: a misspelt name is a mistake in the script, said at start-up."""
     known = constants(namespace)
-    for phase, names in (namespace.get("PHASE_INPUTS") or {}).items():
+    for phase, names in (namespace.get("LATER_CONSTANTS") or {}).items():
         unknown = [name for name in names if name not in known]
         if unknown:
-            raise NameError(f"PHASE_INPUTS[{phase!r}] names {', '.join(unknown)}: not constants of this script")
+            raise NameError(f"LATER_CONSTANTS[{phase!r}] names {', '.join(unknown)}: not constants of this script")

@@ -2,11 +2,13 @@
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
 import time
 import zipfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -315,8 +317,11 @@ def split_task(x, y, classes):
     return x[keep], lookup[y[keep]]
 
 
-def check_tasks(task_a, task_b, num_classes):
-    """Class splits must name existing classes, not repeat one, and not share any between the tasks."""
+def check_tasks(task_a, task_b, num_classes, task_b_samples_per_class=None):
+    """Class splits must name existing classes, not repeat one, and not share any between the tasks; task B's
+    training images per class, when cut, must be more than none."""
+    check(task_b_samples_per_class is None or task_b_samples_per_class > 0,
+          f"--task_b_samples_per_class must be > 0 or None, got {task_b_samples_per_class}")
     for name, classes in (("TASK_A_CLASSES", task_a), ("TASK_B_CLASSES", task_b)):
         check(len(classes) >= 2, f"--{name.lower()} needs at least 2 classes, got {classes}")
         check(len(set(classes)) == len(classes), f"--{name.lower()} repeats a class: {classes}")
@@ -330,3 +335,77 @@ def scale_images(x):
     """uint8 images to float32 in [0, 1] with a channel axis: (n, h, w) -> (n, h, w, 1)."""
     x = x.astype(np.float32) / 255.0
     return x[..., None] if x.ndim == 3 else x
+
+
+@dataclasses.dataclass
+class Task:
+    """What a phase learns and is scored on: class names (or labels), training (x, y), and the validation and
+    test (x, y) it is scored on (None where there is none: a folder has no test set, MNIST no validation)."""
+
+    classes: list
+    train: tuple
+    validation: tuple | None = None
+    test: tuple | None = None
+
+    @property
+    def samples(self):
+        """How many training images."""
+        return len(self.train[1])
+
+    def counts(self, prefix=""):
+        """{split: images} of the splits it has, the record's data "samples"."""
+        return {f"{prefix}{split}": len(getattr(self, split)[1]) for split in ("train", "validation", "test")
+                if getattr(self, split) is not None}
+
+
+def tasks(train, test, task_a_classes, task_b_classes, seed, validation_fraction=None, task_b_samples_per_class=None):
+    """The two tasks of a transfer experiment, (task A, task B) as Tasks, from a dataset's (x, y) `train` and
+    `test` arrays: each with only its classes, labels remapped
+    to 0..n-1 (split_task) and images scaled to [0, 1]. With `validation_fraction`, each task's training
+    images are shuffled with `seed` and that share held out (train_validation_split); then
+    `task_b_samples_per_class` cuts task B's training images (take_per_class). An empty split is a UserError."""
+    found = []
+    for task, classes in (("a", task_a_classes), ("b", task_b_classes)):
+        x, y = split_task(*train, classes)
+        splits = {"train": (x, y)}
+        if validation_fraction is not None:
+            splits["train"], splits["validation"] = train_validation_split(x, y, validation_fraction, seed)
+        if task == "b" and task_b_samples_per_class is not None:  # fewer training images; the rest whole
+            splits["train"] = take_per_class(*splits["train"], task_b_samples_per_class, seed)
+        splits["test"] = split_task(*test, classes)
+        for split, (x, _) in splits.items():
+            check(len(x) > 0, f"task {task.upper()} {split} is empty: no images of classes {classes}")
+        found.append(Task(list(classes), **{split: (scale_images(x), y) for split, (x, y) in splits.items()}))
+    return tuple(found)
+
+
+def training_task(train, validation, test, source, samples_per_class, class_weight, seed):
+    """(task, class weights) of a backbone experiment: a Task of the class names in `source` (the record's data
+    section) and the (x, y) splits, its training images cut to `samples_per_class` per class (take_per_class;
+    None keeps all), and the class weights of what is left (class_weights; `class_weight` None or "balanced"),
+    both noted in `source`. Prints what the data is."""
+    if samples_per_class is not None:  # a smaller training set, the same images for the same seed
+        train = take_per_class(*train, samples_per_class, seed)
+        source["samples"]["train"] = len(train[1])
+    names = source["class_names"]
+    print(f"images from {source['source']}: classes {names}, "
+          + ", ".join(f"{n} {split}" for split, n in source["samples"].items()))
+    source["class_weight"] = class_weights(train[1], names, class_weight)
+    return Task(names, train, validation, test), source["class_weight"]
+
+
+def mnist_as_rgb(directory, image_size, validation_split, seed):
+    """MNIST (load_keras_dataset) as a backbone takes it: uint8 RGB digits at `image_size` x `image_size`.
+    Returns (train, validation, test, source) as (x, y) pairs, a seeded `validation_split` of the training
+    digits validating; source as load_keras_dataset's, with class names and counts."""
+    names = [str(digit) for digit in range(10)]
+    train, test, source = load_keras_dataset("mnist", directory, (28, 28), 10, keras.datasets.mnist.load_data,
+                                             class_names=names)
+
+    def as_rgb(x):  # 28x28 grey digits -> image_size x image_size RGB
+        resized = tf.image.resize(x[..., None].astype(np.float32), (image_size, image_size))
+        return np.repeat(np.round(resized.numpy()).clip(0, 255).astype(np.uint8), 3, axis=-1)
+
+    train, validation = train_validation_split(as_rgb(train[0]), train[1], validation_split, seed)
+    samples = {"train": len(train[0]), "validation": len(validation[0]), "test": len(test[1])}
+    return train, validation, (as_rgb(test[0]), test[1]), {**source, "class_names": names, "samples": samples}

@@ -99,7 +99,8 @@ def decode(folder, classes, image_size):
 
 
 def load(directory, image_size, validation_split, seed):
-    """((x_train, y_train), (x_val, y_val), info) from directory/train/<class>/ and directory/validation/.
+    """((x_train, y_train), (x_val, y_val), test, info) from directory/train/<class>/ and directory/validation/;
+    test is None (a folder has no test split yet).
 
     Without a validation/ folder, a seeded `validation_split` of train/ validates. info goes into the
     record: where the data came from, a hash of the files used, class names, counts, skipped files.
@@ -146,4 +147,4 @@ def load(directory, image_size, validation_split, seed):
         "converted_images": converted,  # {colour mode: count} of images converted to RGB
         "decode_seconds": round(seconds, 3),
     }
-    return splits["train"], splits["validation"], info
+    return splits["train"], splits["validation"], None, info

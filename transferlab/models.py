@@ -48,6 +48,16 @@ def split_frozen(features, count):
     return frozen, features.layers[count:]
 
 
+def transfer(features, count, head_layers, learning_rate, head_name="head_b"):
+    """(frozen, head, model) for a transfer phase: the first `count` layers of `features` frozen (split_frozen),
+    a head of the layers after them and `head_layers`, and the compiled model, images -> frozen -> head."""
+    frozen, trainable = split_frozen(features, count)
+    image = features.input_shape[1:]
+    head = stack(frozen.output_shape[1:] if frozen else image, [*trainable, *head_layers], name=head_name)
+    model = stack(image, [frozen, head] if frozen else [head], name="transfer")
+    return frozen, head, compile_classifier(model, learning_rate)
+
+
 def output_layer(num_classes):
     """Two classes: one sigmoid unit (binary cross-entropy); more: a softmax over them. Always float32,
     also under mixed precision: a float16 softmax rounds small probabilities to 0 and the loss to inf."""

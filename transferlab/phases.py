@@ -86,7 +86,7 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
 
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
-             validation_data=None, augmentation=(), feed=None, preprocessing="", optimizer="adam",
+             validation_data=None, augmentation=(), feed=None, preprocessing=None, optimizer="adam",
              class_weight=None, more_callbacks=()):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
@@ -103,9 +103,15 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     `feed(x, y, first_epoch)`), through the tf.data pipeline it returns (a backbone's preprocessing, and
     for training shuffling and augmentation).
 
-    Returns (timer, info); info goes into the phase record: feature_cache ("hit", "miss", "memory" or
-    "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`).
+    `preprocessing` (None: the feed's own name for it, backbones.Feed) is part of the disk cache's key.
+
+    Returns (timer, info, predicted); info goes into the phase record: feature_cache ("hit", "miss", "memory"
+    or "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`);
+    predicted, the trained head's classes of the validation images from their cached features (None without
+    a cache or validation images).
     """
+    if preprocessing is None:
+        preprocessing = getattr(feed, "preprocessing", "")
     options = {"learning_rate": learning_rate, "optimizer": optimizer, "more_callbacks": more_callbacks,
                "validation_data": validation_data, "epochs": epochs, "class_weight": class_weight}
     if cache is None or features is None:  # the published way, or nothing frozen and so nothing to cache
@@ -113,7 +119,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         first = head if features is None else features
         model = models.stack(first.input_shape[1:], parts, name=f"{phase}_frozen")
         timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
-        return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}
+        return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}, None
 
     if cache == "disk" and distribute.workers() > 1:
         # Extraction is a collective step every worker must take together; a disk cache could hit on one
@@ -133,6 +139,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         return found, "memory", seconds
 
     f_train, status, seconds = extract(x, y)
+    f_val = None
     if validation_data is not None:
         f_val, val_status, val_seconds = extract(*validation_data)
         options["validation_data"], seconds = (f_val, validation_data[1]), seconds + val_seconds
@@ -140,7 +147,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     timer = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
     info = {"feature_cache": status, "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
-    return timer, info
+    return timer, info, None if f_val is None else models.predict_classes(head, f_val)
 
 
 def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, validation_data, feed, batch_size,
@@ -187,8 +194,8 @@ def trainable_params(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def summary(classes, x_train, epochs, timer, test, model, extra_seconds=0.0, validation=None, **more):
-    """The phase's entry in record.json.
+def summary(classes, samples, epochs, timer, test, model, extra_seconds=0.0, validation=None, **more):
+    """The phase's entry in record.json; `samples` is the training images (or their count).
 
     `test` and `validation` (either may be None: an image folder has no test set) are (loss, accuracy)
     from `model.evaluate`; `extra_seconds` is work done outside `fit` that belongs to training (the
@@ -201,7 +208,7 @@ def summary(classes, x_train, epochs, timer, test, model, extra_seconds=0.0, val
     seconds = timer.epoch_seconds
     return {
         "classes": list(classes),
-        "train_samples": int(len(x_train)),
+        "train_samples": samples if isinstance(samples, int) else len(samples),
         "epochs": epochs,
         "train_seconds": round(timer.fit_seconds + extra_seconds, 3),
         "first_epoch_seconds": round(seconds[0], 3) if seconds else None,

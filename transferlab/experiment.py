@@ -1,0 +1,118 @@
+"""The skeleton every experiment script shares, so that a script holds only what is its own: its constants,
+its data, its networks and its phases in order.
+
+    CONFIG = experiment.configure(globals(), sys.argv[1:])   # overrides, --help, the constants every run has
+    ... the script's own checks, as config.check(...) ...
+    exp = experiment.start("mnist", CONFIG)                   # strategy, results folder, resume, seed
+    ... data ...
+    with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE) as run:   # the record
+        run.phase("base", model, lambda: phases.fit(run, "base", model, ...), classes=..., samples=...)
+    # leaving the block: learning curves, the record's final status, the summary table
+
+A phase is restored when a resumed run had finished it, reused when asked and an earlier run trained it
+from the same inputs, else trained, scored and recorded with its weights. A reusable phase's inputs are every
+constant but those in the script's LATER_CONSTANTS (read only by later phases) and NOT_INPUTS (where and how
+a run is kept, and what the record pins by content), so a constant added to a script counts until it is
+named there: forgetting one costs a reuse, never a stale network.
+"""
+
+import contextlib
+
+from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
+from transferlab import config, distribute, models, phases, plots, records, run_constants
+
+
+# Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and
+# the backbone weights' sha256, the distribution strategy's description.
+NOT_INPUTS = ("DATA_DIR", "WEIGHTS", "DISTRIBUTE", "TENSORBOARD", "RESULTS_DIR", "RESUME")
+
+
+def configure(namespace, argv):
+    """config.configure with the constants every experiment has (run_constants.py) added to the script's."""
+    return config.configure(namespace, argv, shared=run_constants)
+
+
+def start(name, constants):
+    """Everything a run needs before its data: the tf.distribute strategy (before any other TensorFlow work),
+    the results folder (the chief's RESULTS_DIR; other workers a temporary one), the record of the run that
+    --resume= names (checked against these constants) and the seed. Returns the Experiment."""
+    return Experiment(name, constants)
+
+
+class Experiment:
+    def __init__(self, name, constants):
+        self.name, self.config, self.seed = name, constants, constants["SEED"]
+        self.strategy = distribute.start(constants["DISTRIBUTE"], constants["MIXED_PRECISION"], constants["RESUME"])
+        self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
+        self.resumed = records.find_resumable(self.results_dir, name, constants["RESUME"], constants)
+        runtime.seed_everything(self.seed, constants["DETERMINISTIC"])
+
+    def scope(self):
+        """Variables made inside are placed and replicated by the strategy (a backbone's weights, say)."""
+        return self.strategy.scope()
+
+    @contextlib.contextmanager
+    def run(self, data, *, title, batch_size, later_constants=None, **sections):
+        """The run's record (records.Run) around its phases, inside the strategy's scope. `data` is the
+        record's data section; `sections` more of it (a backbone, say); `later_constants` the script's
+        LATER_CONSTANTS. A run that ends well leaves its learning curves and prints its summary table."""
+        inputs = {phase: [name for name in self.config if name not in (*later, *NOT_INPUTS)]
+                  for phase, later in (later_constants or {}).items()}
+        with (Run(self.results_dir, self.name, self.config, runtime.environment(), data, resumed=self.resumed,
+                  distribute=distribute.describe(self.strategy, batch_size), tensorboard=self.config["TENSORBOARD"],
+                  phase_inputs=inputs, **sections) as run,
+              self.strategy.scope()):
+            print(f"run {run.run_id}: {run.dir}")
+            yield run
+            plots.learning_curves(run.histories(), run.file("learning_curves.png"), title=f"{title}, run {run.run_id}")
+        records.print_summary(run.record, run.path)
+
+
+class Run(records.Run):
+    """A run's record that also runs its phases (`phase`)."""
+
+    def __init__(self, *args, phase_inputs, **kwargs):
+        self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
+        super().__init__(*args, **kwargs)
+
+    def phase(self, name, model, train, task, *, feed=None, reuse=False, stop=None, **fields):
+        """Phase `name` of `model`, whose weights are what the phase leaves:
+        - restored, when a resumed run had finished it (its weights loaded, nothing trained);
+        - reused, with `reuse` True, from the newest earlier run that finished it from the same
+          inputs (every constant not in LATER_CONSTANTS[name] or NOT_INPUTS), data, code and versions
+          (records.Run.reuse);
+        - else trained: `train()` returns the phase's timer (phases.fit), or (timer, info, ...) (phases.fit_head,
+          phases.fine_tune). Validation scores are the last epoch's, from the history (`fit` measured the final
+          weights in inference mode); test scores come from `model` over `task.test` (`task` a data.Task), once,
+          through `feed` (backbones.Feed) when given. The record gets the task's classes and training images,
+          epochs, seconds, scores, info and `fields`, and whether `stop` (a callbacks.StopAtValAccuracy the
+          phase trained with) ended it early; the weights are saved.
+        Returns what `train` returned beyond the timer and info (fine-tuning's validation predictions), or None."""
+        if self.restore(name, model):
+            return None
+        if reuse and self.reuse(name, model, self.phase_inputs[name]):
+            return None
+        trained = train()
+        timer, info, *more = trained if isinstance(trained, tuple) else (trained, {})
+        history = timer.history
+        validation = (history["val_loss"][-1], history["val_accuracy"][-1]) if "val_accuracy" in history else None
+        if task.test is None:
+            scores = None
+        elif feed is None:
+            scores = model.evaluate(*task.test, batch_size=1024, verbose=0)
+        else:
+            scores = model.evaluate(feed(*task.test), verbose=0)
+        if stop is not None:
+            fields["stopped_early"] = stop.stopped_at is not None
+        entry = phases.summary(task.classes, task.samples, len(history["loss"]), timer, scores, model,
+                               validation=validation, **info, **fields)
+        self.add_phase(name, entry, model=model)
+        return more[0] if len(more) == 1 else (more or None)
+
+    def plot_predictions(self, model, task, feed, predicted, title):
+        """plots.predictions of the final model on the task's validation images: where it errs, and what it sees.
+        `predicted` are its classes when its phase gave them (from cached features); None: `model` predicts."""
+        if predicted is None:
+            predicted = models.predict_classes(model, feed(*task.validation))
+        plots.predictions(self.dir, *task.validation, predicted, task.classes, f"{title}, run {self.run_id}",
+                          seed=self.seed)
