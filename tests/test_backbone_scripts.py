@@ -25,18 +25,23 @@ def only_record(results, experiment):
 
 def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path, cache_dir):
     results = tmp_path / "results"
+    for i in range(4):  # class_b smaller than the others, so that balanced class weights differ
+        next((image_folder_3 / "train" / "class_b").glob(f"{i}.*")).unlink()
     result = run_script("mobilenet_transfer.py", f"--data_dir={image_folder_3}", "--weights=None", "--image_size=32",
                         "--epochs=1", "--fine_tune_epochs=1", "--scratch_epochs=1", "--head=16", "--batch_size=8",
-                        "--class_weight=balanced", f"--results_dir={results}")
+                        "--class_weight=balanced", "--run_scratch=True", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "warning: skipped 4 files: train/class_a/corrupt.jpg (cannot be decoded)" in result.stdout
+    assert "warning: skipped 4 files: " in result.stdout
+    assert "train/class_a/corrupt.jpg (cannot be decoded)" in result.stdout
     record, folder = only_record(results, "mobilenet")
     assert record["status"] == "complete"
     assert record["data"]["skipped_count"] == 4 and len(record["data"]["skipped_files"]) == 4
-    assert record["data"]["samples"] == {"train": 24, "validation": 6}
-    assert record["data"]["class_names"] == ["class_a", "class_b", "class_c"]
-    # 24 training images: 6, 9 and 9 of the three classes; each class then weighs 24 / 3 = 8 images' worth
-    assert record["data"]["class_weight"] == pytest.approx({"0": 24 / (3 * 6), "1": 24 / (3 * 9), "2": 24 / (3 * 9)})
+    # The training images per class, after the split by file hash: each class then weighs as much as the others.
+    counts = record["data"]["train_per_class"]
+    assert record["data"]["samples"] == {"train": sum(counts), "validation": 26 - sum(counts)}
+    assert record["data"]["class_names"] == ["class_a", "class_b", "class_c"] and counts[1] < counts[0]
+    expected = {str(c): sum(counts) / (3 * n) for c, n in enumerate(counts)}
+    assert record["data"]["class_weight"] == pytest.approx(expected)
     assert record["backbone"] == {"backbone": "MobileNetV2", "input_size": 32, "weights": "random",
                                   "weights_sha256": None, "layers": 154}
     # The folder recipe filled the constants left at None; the command line's --image_size won.
@@ -48,7 +53,7 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     assert list(phases) == ["transfer", "fine_tune", "scratch"]
     for name, phase in phases.items():
         assert 0 <= phase["val_accuracy"] <= 1 and "test_accuracy" not in phase, name
-        assert phase["epochs"] == 1 and phase["train_samples"] == 24
+        assert phase["epochs"] == 1 and phase["train_samples"] == sum(counts)
     # Transfer trains the head only: 1280*16+16 + 16*3+3 (a softmax over 3 classes).
     assert phases["transfer"]["trainable_params"] == 20_547 and phases["transfer"]["feature_cache"] == "miss"
     # The backbone's features of the training and the validation images are now on disk for the next run.

@@ -51,20 +51,82 @@ def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys)
     assert np.sum(redness > 100) == 2  # the RGB one and the CMYK one, still red; the grey ones are grey
 
 
-def test_without_a_validation_folder_a_seeded_split_validates(image_folder_3):
-    train, validation, _, info = folders.load(str(image_folder_3), 16, 0.2, seed=3)
-    assert len(train[0]) == 24 and len(validation[0]) == 6 and info["samples"] == {"train": 24, "validation": 6}
-    assert info["validation"] == "0.2 of train/, seed 3"
-    again = folders.load(str(image_folder_3), 16, 0.2, seed=3)
-    other = folders.load(str(image_folder_3), 16, 0.2, seed=4)
-    assert np.array_equal(again[1][0], validation[0]) and not np.array_equal(other[1][0], validation[0])
-    assert info["sha256"] == again[3]["sha256"]
+def test_without_a_validation_folder_a_share_of_each_class_validates_whatever_the_seed(image_folder_3):
+    train, validation, test, info = folders.load(str(image_folder_3), 16, 0.2, seed=3)
+    assert len(train[0]) + len(validation[0]) == 30 and test is None
+    assert info["samples"] == {"train": len(train[0]), "validation": len(validation[0])}
+    assert set(validation[1].tolist()) == {0, 1, 2} and set(train[1].tolist()) == {0, 1, 2}
+    assert info["validation"] == "0.2 of train/, by file hash" and info["layout"] == "split folders"
+    other = folders.load(str(image_folder_3), 16, 0.2, seed=4)  # the split is the files', not the seed's
+    assert np.array_equal(other[1][0], validation[0]) and info["sha256"] == other[3]["sha256"]
+
+
+def flat_folder(root, per_class, start=0, classes=("cat", "dog")):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            Image.new("RGB", (12, 10), (200 * (c == 0), 200 * (c == 1), i % 256)).save(root / name / f"{i}.png")
+
+
+def test_class_folders_without_a_train_level_are_a_layout_of_their_own(tmp_path, capsys):
+    flat_folder(tmp_path / "photos", 40, classes=("cat", "dog", "fox"))
+    assert folders.find(str(tmp_path / "photos")) == str(tmp_path / "photos")
+    train, validation, test, info = folders.load(str(tmp_path / "photos"), 8, 0.25)
+    assert f"image folder {tmp_path / 'photos'}: class folders (3 classes), 0.25 of each validates by file hash" \
+        in capsys.readouterr().out
+    assert info["layout"] == "class folders" and info["class_names"] == ["cat", "dog", "fox"] and test is None
+    assert info["validation"] == "0.25 of each class, by file hash"
+    per_class = np.bincount(validation[1], minlength=3)
+    assert per_class.sum() + len(train[1]) == 120 and np.all((per_class >= 4) & (per_class <= 18)), per_class
+
+
+def test_adding_photos_never_moves_an_old_photo_between_training_and_validation(tmp_path):
+    root = tmp_path / "photos"
+    flat_folder(root, 30)
+
+    def split_of_each_file():
+        splits, _ = folders.listing(folders.layout(str(root)), 0.2)
+        return {path: split for split, (paths, _) in splits.items() for path in paths}
+
+    before = split_of_each_file()
+    flat_folder(root, 50, start=30)  # 50 more photos in each class
+    after = split_of_each_file()
+    assert len(after) == 160 and {path: after[path] for path in before} == before
+    assert 10 <= list(after.values()).count("validation") <= 60
+
+
+def test_split_folders_take_val_as_validation_and_a_test_folder_as_test(tmp_path):
+    root = tmp_path / "photos"
+    for split, count in (("train", 6), ("val", 3), ("test", 4)):
+        flat_folder(root / split, count)
+    train, validation, test, info = folders.load(str(root), 8, 0.2)
+    assert [len(train[1]), len(validation[1]), len(test[1])] == [12, 6, 8]
+    assert info["samples"] == {"train": 12, "validation": 6, "test": 8} and info["validation"] == "val/ folder"
+    assert np.bincount(test[1]).tolist() == [4, 4]
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda root: shutil.rmtree(root / "train"), "has no train/ folder"),
+    (lambda root: (root / "validation").mkdir(), "has both validation/ and val/: keep one"),
+    (lambda root: shutil.rmtree(root / "test" / "dog"), "test has classes ['cat'], train/ has ['cat', 'dog']"),
+    (lambda root: [p.unlink() for p in (root / "test" / "dog").iterdir()], "test/dog holds no readable images"),
+    (lambda root: [shutil.rmtree(root / "test" / c) for c in ("cat", "dog")], "test holds no class folders"),
+])
+def test_a_split_folder_that_does_not_match_train_is_a_one_line_error(tmp_path, breakage, message):
+    root = tmp_path / "photos"
+    for split, count in (("train", 6), ("val", 3), ("test", 4)):
+        flat_folder(root / split, count)
+    breakage(root)
+    with pytest.raises(UserError) as error:
+        folders.load(str(root), 8, 0.2)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda root: shutil.rmtree(root / "train"), "has validation/ but no train/ folder"),
     (lambda root: shutil.rmtree(root / "train" / "class_b"), "has 1 class folder(s) ['class_a']; need at least 2"),
-    (lambda root: shutil.rmtree(root / "validation" / "class_b"), "has 1 class folder(s)"),
+    (lambda root: shutil.rmtree(root / "validation" / "class_b"), "validation has classes ['class_a'], train/ has"),
     (lambda root: [p.unlink() for p in (root / "train" / "class_b").iterdir()], "class_b holds no readable images"),
     (lambda root: (root / "validation" / "class_c").mkdir(), "has classes ['class_a', 'class_b', 'class_c']"),
 ])
@@ -105,8 +167,8 @@ def test_a_given_folder_without_images_is_an_error_and_nothing_is_downloaded(tmp
     with pytest.raises(UserError) as error:
         folders.find(str(tmp_path / "photos"))
     assert str(error.value) == (f"no image folder in {tmp_path / 'photos'}: found holiday/, notes.txt; expected "
-                                "train/<class>/*.jpg (and optionally validation/<class>/) there, or a "
-                                "cats_and_dogs_filtered/ folder holding them")
+                                "<class>/*.jpg, or train/<class>/*.jpg with optionally validation/<class>/ and "
+                                "test/<class>/")
 
 
 def test_what_a_zip_tool_or_an_operating_system_adds_is_neither_a_class_nor_a_skipped_file(tmp_path):
@@ -121,4 +183,5 @@ def test_what_a_zip_tool_or_an_operating_system_adds_is_neither_a_class_nor_a_sk
     (first / ".thumbnails").mkdir()
     (first / ".thumbnails" / "notes.txt").write_text("x")
     assert folders.class_names(str(train)) == ["class_a", "class_b"]
-    assert folders.not_images(str(train), folders.class_names(str(train))) == []
+    _, not_images = folders.listing(folders.layout(str(tmp_path / "photos")), 0.2)
+    assert not_images == []

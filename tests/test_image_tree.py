@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import numpy as np
@@ -59,19 +60,16 @@ def test_damaged_cache_is_rebuilt(tmp_path, capsys):
     assert data.load_image_tree(str(root), CLASSES, (32, 32, 3))[2]["cache"] == "hit"
 
 
-def test_wrong_size_image_is_an_error_naming_the_file(tmp_path):
+def test_a_wrong_size_image_is_resized_and_a_corrupt_one_skipped_and_reported(tmp_path, capsys):
+    # One decoder for every loader, one rule: what cannot be decoded is skipped and said, never fatal.
     root = make_tree(tmp_path / "pets")
-    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(root / "train" / "dog" / "big.png")
-    with pytest.raises(UserError) as caught:
-        data.load_image_tree(str(root), CLASSES, (32, 32, 3))
-    assert str(caught.value) == f"{root / 'train' / 'dog' / 'big.png'}: image is 30x40, expected 32x32"
-
-
-def test_corrupt_image_is_an_error_naming_the_file(tmp_path):
-    root = make_tree(tmp_path / "pets")
+    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(root / "train" / "dog" / "big.png")
     (root / "test" / "frog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    with pytest.raises(UserError, match="broken.jpg: cannot decode this image"):
-        data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    (x_train, y_train), (x_test, _), source = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    assert source["skipped_files"] == [os.path.join("test", "frog", "broken.jpg")]
+    assert "warning: skipped 1 files that cannot be decoded: test/frog/broken.jpg" in capsys.readouterr().out
+    big = x_train[y_train == CLASSES.index("dog")]
+    assert x_train.shape[1:] == (32, 32, 3) and np.any(np.all(big == 200, axis=(1, 2, 3)))
 
 
 @pytest.mark.parametrize(

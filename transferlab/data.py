@@ -1,7 +1,6 @@
 """Datasets: finding them (data directory first, then Keras's download), checking them, splitting into tasks."""
 
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import os
@@ -12,13 +11,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import files
+from transferlab import files, images
 from transferlab.config import UserError, check
 
 DATA_DIR_ENV = "TRANSFER_DATA_DIR"  # environment variable naming the data directory when DATA_DIR is None
 CACHE_DIR_ENV = "TRANSFERLAB_CACHE_DIR"  # where decoded image trees are cached; default ~/.cache/transferlab
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def data_dir(configured):
@@ -114,14 +112,14 @@ def list_image_tree(root, class_names):
     for split in ("train", "test"):
         folder = os.path.join(root, split)
         check(os.path.isdir(folder), f"image tree {root!r} has no {split}/ folder")
-        extra = sorted(set(os.listdir(folder)) - set(class_names))
+        extra = sorted(set(n for n in os.listdir(folder) if not images.hidden(n)) - set(class_names))
         check(not extra, f"{folder}: folders {extra} are not classes of this dataset ({', '.join(class_names)})")
         found = []
         for label, name in enumerate(class_names):
             class_dir = os.path.join(folder, name)
             check(os.path.isdir(class_dir), f"image tree {root!r} has no {split}/{name}/ folder")
-            entries = sorted((e for e in os.scandir(class_dir) if e.name.lower().endswith(IMAGE_SUFFIXES)),
-                             key=lambda e: e.name)
+            entries = sorted((e for e in os.scandir(class_dir) if images.is_image(e.name)
+                              and not images.hidden(e.name)), key=lambda e: e.name)
             found += [(e.path, e.stat().st_size, label) for e in entries]
         check(found, f"{folder} holds no images (.png, .jpg, ...)")
         listing[split] = found
@@ -135,40 +133,6 @@ def tree_key(root, listing):
         for path, size, label in entries:
             digest.update(f"{split}\t{os.path.relpath(path, root)}\t{size}\t{label}\n".encode())
     return digest.hexdigest()
-
-
-def decode_image(path, image_shape):
-    """One image file as a uint8 array of `image_shape`, and the file's own colour mode ("RGB", "L",
-    "RGBA", "P", "CMYK", ...): grayscale, RGBA, palette and CMYK images are converted, not rejected."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "RGB" if len(image_shape) == 3 else "L"
-    try:
-        with Image.open(path) as image:
-            own_mode = image.mode
-            array = np.asarray(image.convert(mode))
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise UserError(f"{path}: cannot decode this image ({error})") from None
-    check(
-        array.shape == tuple(image_shape),
-        f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected {image_shape[1]}x{image_shape[0]}",
-    )
-    return array, own_mode
-
-
-def decode_images(paths, image_shape, chunk=512):
-    """Decode many files on all cores (Pillow releases the GIL while decoding) into one uint8 array;
-    returns (images, the files' own colour modes)."""
-    out = np.empty((len(paths), *image_shape), dtype=np.uint8)
-    modes = [""] * len(paths)
-
-    def decode_chunk(start):
-        for i in range(start, min(start + chunk, len(paths))):
-            out[i], modes[i] = decode_image(paths[i], image_shape)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(decode_chunk, range(0, len(paths), chunk)))  # list(): re-raise the first error
-    return out, modes
 
 
 def image_mode(path):
@@ -218,11 +182,20 @@ def load_image_tree(root, class_names, image_shape):
             print(f"warning: ignoring a damaged cache file and decoding again: {error}")
     print(f"decoding {sum(len(f) for f in listing.values())} images under {root} (cached for next time) ...")
     start = time.perf_counter()
-    arrays, modes = {}, []
+    arrays, modes, skipped = {}, [], []
     for split, entries in listing.items():
-        arrays[f"x_{split}"], split_modes = decode_images([f[0] for f in entries], image_shape)
-        arrays[f"y_{split}"] = np.array([f[2] for f in entries], dtype=np.uint8)
-        modes += split_modes
+        paths = [f[0] for f in entries]
+        arrays[f"x_{split}"], kept, failed = images.decode(paths, image_shape[:2], image_shape[2] if len(
+            image_shape) == 3 else 1)
+        if len(image_shape) == 2:
+            arrays[f"x_{split}"] = arrays[f"x_{split}"][..., 0]
+        arrays[f"y_{split}"] = np.array([entries[i][2] for i in kept], dtype=np.uint8)
+        modes += [image_mode(paths[i]) for i in kept]
+        skipped += [os.path.relpath(paths[i], root) for i in failed]
+    if skipped:
+        print(f"warning: skipped {len(skipped)} files that cannot be decoded: {', '.join(skipped[:10])}"
+              + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
+        source["skipped_files"] = skipped
     source["decode_seconds"] = round(time.perf_counter() - start, 3)
     source["converted_images"] = report_conversions(modes, wanted, root)
     arrays["converted_modes"] = np.array(list(source["converted_images"]), dtype=str)
@@ -390,6 +363,7 @@ def training_task(train, validation, test, source, samples_per_class, class_weig
     names = source["class_names"]
     print(f"images from {source['source']}: classes {names}, "
           + ", ".join(f"{n} {split}" for split, n in source["samples"].items()))
+    source["train_per_class"] = np.bincount(train[1], minlength=len(names)).tolist()
     source["class_weight"] = class_weights(train[1], names, class_weight)
     return Task(names, train, validation, test), source["class_weight"]
 

@@ -1,38 +1,105 @@
-"""Image folders as users keep them, `DATA_DIR/train/<class>/*.jpg` and `DATA_DIR/validation/<class>/*`,
-decoded once by `keras.utils.image_dataset_from_directory` into uint8 arrays at the input size.
+"""Image folders as people keep them, in the two common layouts, decoded by transferlab.images:
 
-Files that cannot be decoded are skipped and reported, never fatal: a folder of photos gathered by hand
-nearly always holds one truncated download or a stray text file.
+    DATA_DIR/<class>/*.jpg                     class folders: VALIDATION_SPLIT of each class validates
+    DATA_DIR/train/<class>/*.jpg               split folders, with validation/ (or val/) and test/ optional;
+                                               without validation/, VALIDATION_SPLIT of train/ validates
+
+The share that validates is chosen file by file by a hash of the file's path relative to its class folder
+(TF Hub's retrain.py does the same), so adding photos later never moves an old photo between training and
+validation. Files that cannot be decoded are skipped and reported, never fatal: a folder of photos gathered
+by hand nearly always holds one truncated download or a stray text file.
 """
 
+import dataclasses
+import hashlib
 import os
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from transferlab import data, runtime
+from transferlab import data, images
 from transferlab.config import UserError, check
 
-FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what image_dataset_from_directory reads
 TUTORIAL_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+HASH_BUCKETS = 2**32  # a file's hash, as a share of this, decides its split
+
+
+@dataclasses.dataclass
+class Layout:
+    """What `layout` found in a folder: which layout, its class names and the folder of each split."""
+
+    root: str
+    kind: str  # "class folders" or "split folders"
+    classes: list
+    train: str  # the folder holding the training classes (root itself for class folders)
+    validation: str | None = None  # a validation/ or val/ folder
+    test: str | None = None  # a test/ folder
+
+    def describe(self, validation_split):
+        if self.kind == "class folders":
+            return f"class folders ({len(self.classes)} classes), {validation_split:g} of each validates by file hash"
+        splits = ["train/", *(f"{os.path.basename(f)}/" for f in (self.validation, self.test) if f)]
+        held = "" if self.validation else f"; {validation_split:g} of train/ validates by file hash"
+        return f"split folders {' '.join(splits)} ({len(self.classes)} classes){held}"
+
+
+def subfolders(folder):
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not images.hidden(e.name))
+
+
+def class_names(folder):
+    """The class folder names under `folder`, sorted (Keras's label order); at least two."""
+    check(os.path.isdir(folder), f"image folder {folder!r} does not exist")
+    names = subfolders(folder)
+    check(len(names) >= 2, f"{folder} has {len(names)} class folder(s) {names}; need at least 2 (<class>/*.jpg)")
+    return names
+
+
+def layout(root):
+    """The Layout of `root`: split folders when it has train/, class folders when every subfolder holds
+    images; anything else is a UserError that says what was found and what is expected."""
+    if os.path.isdir(os.path.join(root, "train")):
+        found = {name: os.path.join(root, name) for name in ("validation", "val")
+                 if os.path.isdir(os.path.join(root, name))}
+        check(len(found) < 2, f"{root} has both validation/ and val/: keep one")
+        train = os.path.join(root, "train")
+        result = Layout(root, "split folders", class_names(train), train, next(iter(found.values()), None),
+                        os.path.join(root, "test") if os.path.isdir(os.path.join(root, "test")) else None)
+        for folder in (result.validation, result.test):
+            if folder is not None:
+                theirs = subfolders(folder)
+                check(theirs, f"{folder} holds no class folders (expected {os.path.basename(folder)}/<class>/*.jpg)")
+                check(theirs == result.classes, f"{folder} has classes {theirs}, train/ has {result.classes}")
+        return result
+    names = subfolders(root)
+    orphans = [name for name in ("validation", "val", "test") if name in names]
+    check(not orphans, f"{root} has {orphans[0]}/ but no train/ folder (expected train/<class>/*.jpg beside it)"
+          if orphans else "")
+    with_images = [name for name in names if images.files_under(os.path.join(root, name))[0]]
+    if names and with_images == names:
+        check(len(names) >= 2, f"{root} has 1 class folder {names}; need at least 2 (<class>/*.jpg)")
+        return Layout(root, "class folders", names, root)
+    entries = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(root) if not images.hidden(e.name))
+    shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "") or "nothing"
+    empty = sorted(set(names) - set(with_images))
+    why = f" ({', '.join(f'{name}/' for name in empty[:4])} hold no images)" if with_images and empty else ""
+    raise UserError(f"no image folder in {root}: found {shown}{why}; expected <class>/*.jpg, or train/<class>/*.jpg "
+                    f"with optionally validation/<class>/ and test/<class>/")
 
 
 def find(data_dir, name="cats_and_dogs_filtered", url=TUTORIAL_URL):
-    """The image folder to use: `data_dir` itself when it has train/, else `data_dir/<name>`. Only when no data
+    """The image folder to use: `data_dir` itself when it holds a layout, else `data_dir/<name>`. Only when no data
     directory is given at all, the tutorial's zip fetched with `keras.utils.get_file` (cached in
     ~/.keras/datasets): a folder that was given but holds no images is the user's mistake, and training on
     another dataset instead would hide it."""
     if data_dir is not None:
-        for folder in (data_dir, os.path.join(data_dir, name)):
-            if os.path.isdir(os.path.join(folder, "train")):
-                return folder
-        found = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(data_dir)
-                       if not e.name.startswith("."))
-        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "") or "nothing"
-        raise UserError(f"no image folder in {data_dir}: found {shown}; expected train/<class>/*.jpg "
-                        f"(and optionally validation/<class>/) there, or a {name}/ folder holding them")
+        check(os.path.isdir(data_dir), f"--data_dir={data_dir}: no such folder")
+        named = os.path.join(data_dir, name)
+        if not os.path.isdir(os.path.join(data_dir, "train")) and os.path.isdir(named):
+            return named
+        layout(data_dir)  # a UserError that says what is there, when there is no layout
+        return data_dir
     try:
         extracted = keras.utils.get_file(f"{name}.zip", origin=url, extract=True)
     except Exception as error:  # no internet, proxy, disk full: all mean "put the folder there yourself"
@@ -40,111 +107,98 @@ def find(data_dir, name="cats_and_dogs_filtered", url=TUTORIAL_URL):
             f"no data directory given (--data_dir= or ${data.DATA_DIR_ENV}) and the download of {name} from {url} "
             f"failed ({data.failure(error)}); download it yourself, or pass --data_dir=FOLDER"
         ) from None
-    for folder, subfolders, _ in os.walk(extracted):
-        if "train" in subfolders:
+    for folder, subfolders_, _ in os.walk(extracted):
+        if "train" in subfolders_:
             return folder
     raise UserError(f"the download {extracted} holds no train/ folder")
 
 
-def hidden(name):
-    """What an operating system or a zip tool adds beside photos (.DS_Store, ._photo.jpg, __MACOSX/,
-    Thumbs.db, desktop.ini): neither a class nor a skipped image."""
-    return name.startswith((".", "__MACOSX")) or name.lower() in ("thumbs.db", "desktop.ini")
+def hash_share(relative_path):
+    """Where a file falls in [0, 1): a function of its path relative to its class folder alone."""
+    digest = hashlib.sha1(relative_path.replace(os.sep, "/").encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / HASH_BUCKETS
 
 
-def class_names(folder):
-    """The class folder names under `folder`, sorted (Keras's label order); at least two."""
-    check(os.path.isdir(folder), f"image folder {folder!r} does not exist")
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not hidden(e.name))
-    check(len(names) >= 2, f"{folder} has {len(names)} class folder(s) {names}; need at least 2 (<class>/*.jpg)")
-    return names
+def split_by_hash(paths, class_folder, share):
+    """(train, validation) of one class's files: those whose hash_share is below `share` validate. A class of
+    two or more files whose files all hash above it still validates its lowest one, and one whose files all
+    hash below it trains on its highest, so no class is missing from either; only that one file can move
+    when a file hashing past it is added."""
+    shares = [hash_share(os.path.relpath(p, class_folder)) for p in paths]
+    held = [s < share for s in shares]
+    if len(paths) > 1 and not any(held):
+        held[int(np.argmin(shares))] = True
+    if len(paths) > 1 and all(held):  # likewise, no class goes without a training image
+        held[int(np.argmax(shares))] = False
+    return ([p for p, h in zip(paths, held, strict=True) if not h], [p for p, h in zip(paths, held, strict=True) if h])
 
 
-def not_images(folder, classes):
-    """Files in the class folders that image_dataset_from_directory passes over (no image suffix)."""
-    found = []
-    for name in classes:
-        for root, folders, files in os.walk(os.path.join(folder, name)):
-            folders[:] = [f for f in folders if not hidden(f)]
-            found += [os.path.join(root, f) for f in sorted(files) if not f.lower().endswith(FORMATS) and not hidden(f)]
-    return found
+def listing(found, validation_split):
+    """{split: ([paths], [labels])} of a Layout's images, and [(path, reason)] of the files that are not images."""
+    splits = {"train": ([], []), "validation": ([], []), **({"test": ([], [])} if found.test else {})}
+    not_images = []
+    for label, name in enumerate(found.classes):
+        folder = os.path.join(found.train, name)
+        paths, others = images.files_under(folder)
+        not_images += others
+        if found.validation:
+            parts = {"train": paths}
+        else:
+            parts = dict(zip(("train", "validation"), split_by_hash(paths, folder, validation_split), strict=True))
+        for split, split_folder in (("validation", found.validation), ("test", found.test)):
+            if split_folder:
+                parts[split], others = images.files_under(os.path.join(split_folder, name))
+                not_images += others
+        for split, split_paths in parts.items():
+            splits[split][0].extend(split_paths)
+            splits[split][1].extend([label] * len(split_paths))
+    return splits, [(p, "not an image file") for p in not_images]
 
 
-def decode(folder, classes, image_size):
-    """Every image under folder/<class>/ resized to image_size x image_size RGB, as (x uint8, y, paths, failed).
-
-    image_dataset_from_directory decodes in parallel (grayscale, RGBA and palette images become RGB); a
-    file that fails to decode would stop the whole dataset, so each image is numbered and
-    `ignore_errors` drops the failures, whose numbers then name the files.
-    """
-    images = keras.utils.image_dataset_from_directory(
-        folder, class_names=classes, batch_size=None, shuffle=False, image_size=(image_size, image_size),
-        verbose=False,
-    )
-    paths = images.file_paths
-    numbered = tf.data.Dataset.zip(tf.data.Dataset.range(len(paths)), images).ignore_errors()
-    numbered = numbered.map(lambda i, xy: (i, tf.cast(tf.round(xy[0]), tf.uint8), xy[1]),
-                            num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    kept, xs, ys = [], [], []
-    with runtime.quiet_stderr():  # libpng prints "Input file read error" for each broken file: we report them
-        for i, x, y in numbered.as_numpy_iterator():
-            kept.append(i)
-            xs.append(x)
-            ys.append(y)
-    kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    failed = sorted(set(range(len(paths))) - set(kept.tolist()))
-    x = np.concatenate(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
-    y = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
-    return x, y, [paths[i] for i in kept], [paths[i] for i in failed]
-
-
-def load(directory, image_size, validation_split, seed):
-    """((x_train, y_train), (x_val, y_val), test, info) from directory/train/<class>/ and directory/validation/;
-    test is None (a folder has no test split yet).
-
-    Without a validation/ folder, a seeded `validation_split` of train/ validates. info goes into the
-    record: where the data came from, a hash of the files used, class names, counts, skipped files.
-    """
-    train_dir, val_dir = os.path.join(directory, "train"), os.path.join(directory, "validation")
-    check(os.path.isdir(train_dir), f"{directory} has no train/ folder (expected train/<class>/*.jpg)")
-    classes = class_names(train_dir)
-    has_val = os.path.isdir(val_dir)
-    if has_val:
-        val_classes = class_names(val_dir)
-        check(val_classes == classes, f"{val_dir} has classes {val_classes}, train/ has {classes}")
-    else:
-        check(0 < validation_split < 1, f"--validation_split={validation_split}: must be in (0, 1) "
-                                        f"when {directory} has no validation/ folder")
-    folders = {"train": train_dir, **({"validation": val_dir} if has_val else {})}
+def load(directory, image_size, validation_split, seed=None):
+    """((x_train, y_train), (x_val, y_val), test, info) from an image folder in either layout (see above); test
+    is (x_test, y_test) when there is a test/ folder, else None. uint8 RGB images at image_size x image_size.
+    info goes into the record: where the data came from, its layout, a hash of the files used, class names,
+    counts, skipped files. (`seed` is not used: the split is a function of the file names alone.)"""
+    found = layout(directory)
+    if not found.validation:
+        check(0 < validation_split < 1, f"--validation_split={validation_split}: must be in (0, 1) when "
+                                        f"{directory} has no validation/ folder")
+    print(f"image folder {directory}: {found.describe(validation_split)}")
+    splits, skipped = listing(found, validation_split)
     print(f"decoding the images under {directory} at {image_size}x{image_size} ...")
     start = time.perf_counter()
-    splits, skipped, listing, modes = {}, [], {}, []
-    for split, folder in folders.items():
-        x, y, paths, failed = decode(folder, classes, image_size)
-        modes += [data.image_mode(p) for p in paths]
-        skipped += [(p, "cannot be decoded") for p in failed]
-        skipped += [(p, "not an image file") for p in not_images(folder, classes)]
-        for name in classes:
-            check(np.any(y == classes.index(name)), f"{os.path.join(folder, name)} holds no readable images")
-        splits[split] = (x, y)
-        listing[split] = [(p, os.path.getsize(p), int(label)) for p, label in zip(paths, y, strict=True)]
+    arrays, files, modes = {}, {}, []
+    for split, (paths, labels) in splits.items():
+        x, kept, failed = images.decode(paths, (image_size, image_size))
+        skipped += [(paths[i], "cannot be decoded") for i in failed]
+        files[split] = [(paths[i], os.path.getsize(paths[i]), labels[i]) for i in kept]
+        modes += [data.image_mode(p) for p, _, _ in files[split]]
+        y = np.array([labels[i] for i in kept], dtype=np.int64)
+        folder = {"train": found.train, "validation": found.validation or found.train, "test": found.test}[split]
+        for label, name in enumerate(found.classes):
+            check(np.any(y == label), f"{os.path.join(folder, name)} holds no readable images"
+                  + (" for validation" if split == "validation" and not found.validation else ""))
+        arrays[split] = (x, y)
     seconds = time.perf_counter() - start
     converted = data.report_conversions(modes, "RGB", directory)
-    if not has_val:
-        splits["train"], splits["validation"] = data.train_validation_split(*splits["train"], validation_split, seed)
     if skipped:
         shown = ", ".join(f"{os.path.relpath(p, directory)} ({why})" for p, why in skipped[:10])
         more = f" and {len(skipped) - 10} more (all in the record)" if len(skipped) > 10 else ""
         print(f"warning: skipped {len(skipped)} files: {shown}{more}")
+    held_from = "train/" if found.kind == "split folders" else "each class"
+    validation = (f"{os.path.basename(found.validation)}/ folder" if found.validation
+                  else f"{validation_split:g} of {held_from}, by file hash")
     info = {
         "source": os.path.abspath(directory),
-        "sha256": data.tree_key(directory, listing),
-        "class_names": classes,
-        "validation": "validation/ folder" if has_val else f"{validation_split:g} of train/, seed {seed}",
-        "samples": {split: len(x) for split, (x, _) in splits.items()},
+        "layout": found.kind,
+        "sha256": data.tree_key(directory, files),
+        "class_names": found.classes,
+        "validation": validation,
+        "samples": {split: len(y) for split, (_, y) in arrays.items()},
         "skipped_count": len(skipped),
         "skipped_files": [{"path": os.path.relpath(p, directory), "reason": why} for p, why in skipped],
         "converted_images": converted,  # {colour mode: count} of images converted to RGB
         "decode_seconds": round(seconds, 3),
     }
-    return splits["train"], splits["validation"], None, info
+    return arrays["train"], arrays["validation"], arrays.get("test"), info
