@@ -75,7 +75,8 @@ if WEIGHTS is None:
     print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
           "means nothing (the record says weights: random)")
 
-# 2. Data: the image folder, decoded once into uint8 images at the input size.
+# 2. Data: the image folder (<class>/ or train/ with optional validation/ and test/), decoded once into uint8
+#    images at the input size.
 *splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
 task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 CLASS_NAMES = task.classes
@@ -124,7 +125,7 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
     y_pred = run.phase("transfer", model, lambda: phases.fit_head(
         run, "transfer", features, head, *task.train, cache="disk" if FEATURE_CACHE and not AUGMENT else None,
         epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        more_callbacks=[stop], **options), task, reuse=REUSE_TRANSFER, stop=stop)
+        more_callbacks=[stop], **options), task, feed=feed, reuse=REUSE_TRANSFER, stop=stop)
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
@@ -138,10 +139,10 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
             run, "fine_tune", model, backbone, keras.layers.Flatten(), head, *task.train,
             cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS,
             initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, more_callbacks=[stop], **options),
-            task, stop=stop)
+            task, feed=feed, stop=stop)
 
-    # 7. Plots of the final transferred model: where it errs, and what it sees.
-    run.plot_predictions(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']}), validation")
+    # 7. The final transferred model on the test images (validation without test/): per-class scores and plots.
+    run.evaluate_final(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']})")
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
@@ -152,5 +153,6 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
         stop = callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
         run.phase("scratch", scratch, lambda: phases.fit(
             run, "scratch", scratch, *task.train, batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS,
-            learning_rate=LEARNING_RATE, more_callbacks=[stop], **options), task, stop=stop, batch_size=BATCH_SIZE)
+            learning_rate=LEARNING_RATE, more_callbacks=[stop], **options),
+            task, feed=feed, stop=stop, batch_size=BATCH_SIZE)
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

@@ -104,8 +104,8 @@ with exp.scope():  # its weights are variables: under a strategy they must be cr
     backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
-# 2. Data as uint8 RGB images at the input size, decoded once: an image folder (validated, no test set), or
-#    MNIST's digits as RGB (a seeded share of the training digits validates; the test digits test).
+# 2. Data as uint8 RGB images at the input size, decoded once: an image folder (<class>/, or train/ with
+#    optional validation/ and test/), or MNIST's digits as RGB (a seeded share of the training digits validates).
 if DATASET == "folder":
     splits = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
 else:
@@ -161,9 +161,9 @@ with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, late
             cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS,
             learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE, **options), task, feed=feed)
 
-    # 7. Plots of the final transferred model: where it errs, and what it sees (its validation predictions came
-    #    with its phase, from cached features or activations; else, after a resume, from the whole model).
-    run.plot_predictions(model, task, feed, y_pred, f"MobileNetV2 {DATASET}, validation")
+    # 7. The final transferred model on the test images (validation for a folder without test/): per-class
+    #    precision, recall and F1 in the record, the confusion matrix and sample predictions beside it.
+    run.evaluate_final(model, task, feed, y_pred, f"MobileNetV2 {DATASET}")
 
     # 8. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
     if RUN_SCRATCH and SCRATCH_EPOCHS:

@@ -7,6 +7,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import SHARED, run_script
@@ -215,3 +216,59 @@ def test_the_new_experiment_in_contributing_runs_as_written(image_folder, tmp_pa
     record, folder = only_record(results, "probe")
     assert record["status"] == "complete" and list(record["phases"]) == ["transfer"]
     assert record["phases"]["transfer"]["feature_cache"] == "miss" and "learning_curves.png" in os.listdir(folder)
+
+
+def colour_folder(root, per_class, classes=("red", "green", "blue")):
+    """root/<class>/*.png: squares of the class's colour over noise, one PNG each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(len(str(root)))
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+            pixels[4:16, 4:16, c] = 220
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+
+
+def test_a_folder_with_a_test_split_reports_the_final_model_on_it_per_class(tmp_path, cache_dir):
+    for split, count in (("train", 8), ("val", 3), ("test", 5)):
+        colour_folder(tmp_path / "photos" / split, count)
+    results = tmp_path / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", "--weights=None",
+                        "--image_size=32", "--epochs=1", f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "split folders train/ val/ test/ (3 classes)" in result.stdout
+    record, folder = only_record(results, "mobilenet")
+    assert record["data"]["samples"] == {"train": 24, "validation": 9, "test": 15}
+    # The folder recipe: the frozen phase only, no scratch baseline unless asked.
+    assert list(record["phases"]) == ["transfer"] and "test_accuracy" in record["phases"]["transfer"]
+    final = record["final"]
+    assert final["phase"] == "transfer" and final["split"] == "test" and final["images"] == 15
+    assert final["accuracy"] == pytest.approx(record["phases"]["transfer"]["test_accuracy"], abs=1e-6)
+    assert list(final["per_class"]) == ["blue", "green", "red"]  # sorted, as the labels are
+    assert [scores["support"] for scores in final["per_class"].values()] == [5, 5, 5]
+    assert PLOTS <= set(os.listdir(folder)) and "final model on 15 test images" in result.stdout
+
+
+def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_path, cache_dir):
+    colour_folder(tmp_path / "photos", 10, classes=("red", "green"))
+    results = tmp_path / "results"
+    result = run_script("inception_transfer.py", f"--data_dir={tmp_path / 'photos'}", "--weights=None",
+                        "--image_size=75", "--epochs=1", "--augment=False", "--cut_layer=mixed0", "--fine_tune_at=0",
+                        "--head_width=8", f"--results_dir={results}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "class folders (2 classes), 0.2 of each validates by file hash" in result.stdout
+    record, _ = only_record(results, "inception")
+    assert record["data"]["layout"] == "class folders" and sum(record["data"]["samples"].values()) == 20
+    assert record["final"]["split"] == "validation" and record["final"]["images"] == record["data"]["samples"][
+        "validation"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe=tutorial", "--dataset=mnist"], "error: --recipe=tutorial is not a recipe for --dataset=mnist"),
+    (["--recipe=fast"], "error: --recipe=fast: expected one of folder, tutorial, mnist"),
+])
+def test_a_recipe_that_does_not_fit_is_a_one_line_error(args, message):
+    result = run_script("mobilenet_transfer.py", *args)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == message

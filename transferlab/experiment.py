@@ -18,8 +18,10 @@ named there: forgetting one costs a reuse, never a stale network.
 
 import contextlib
 
+import numpy as np
+
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, distribute, models, phases, plots, records, run_constants
+from transferlab import config, distribute, metrics, models, phases, plots, records, run_constants
 
 
 # Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and
@@ -109,10 +111,23 @@ class Run(records.Run):
         self.add_phase(name, entry, model=model)
         return more[0] if len(more) == 1 else (more or None)
 
-    def plot_predictions(self, model, task, feed, predicted, title):
-        """plots.predictions of the final model on the task's validation images: where it errs, and what it sees.
-        `predicted` are its classes when its phase gave them (from cached features); None: `model` predicts."""
-        if predicted is None:
-            predicted = models.predict_classes(model, feed(*task.validation))
-        plots.predictions(self.dir, *task.validation, predicted, task.classes, f"{title}, run {self.run_id}",
+    def evaluate_final(self, model, task, feed, predicted, title):
+        """The final model (the last transfer phase's) on held-out images: the task's test images when it has
+        them, else its validation images (`predicted`, their classes when the phase gave them, saves a pass).
+        Writes confusion_matrix.png and sample_predictions.png, prints per-class precision, recall and F1, and
+        records them as the record's "final" section, with the split they come from."""
+        split = "test" if task.test is not None else "validation"
+        x, y = getattr(task, split)
+        if split == "test" or predicted is None:
+            predicted = models.predict_classes(model, feed(x, y))
+        plots.predictions(self.dir, x, y, predicted, task.classes, f"{title}, {split}, run {self.run_id}",
                           seed=self.seed)
+        per_class = metrics.per_class(y, predicted, task.classes)
+        accuracy = float(np.mean(predicted == y))
+        print(f"\nfinal model on {len(y)} {split} images: accuracy {accuracy:.2%}")
+        for name, scores in list(per_class.items())[:20]:
+            print(f"   {name:<20} precision {scores['precision']:.3f}  recall {scores['recall']:.3f}  "
+                  f"f1 {scores['f1']:.3f}  ({scores['support']} images)")
+        self.record["final"] = {"phase": list(self.record["phases"])[-1], "split": split, "images": len(y),
+                                "accuracy": accuracy, "per_class": per_class}
+        self.save()
