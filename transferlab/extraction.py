@@ -1,6 +1,7 @@
 """Frozen passes: frozen layers run once over images in inference mode, their output kept in memory or in
 the disk cache (feature_cache.py), so that only what trains runs every epoch."""
 
+import sys
 import time
 
 import numpy as np
@@ -22,5 +23,9 @@ def extract_features(frozen, x, batch_size=None):
     instead of paying for the frozen convolutions in every epoch.
     """
     start = time.perf_counter()
-    features = frozen.predict(x, batch_size=batch_size, verbose=0)
-    return np.asarray(features, dtype=np.float32), time.perf_counter() - start
+    on_terminal = sys.stdout.isatty()  # Keras's progress bar there; one line with count and seconds otherwise
+    features = np.asarray(frozen.predict(x, batch_size=batch_size, verbose=1 if on_terminal else 0), np.float32)
+    seconds = time.perf_counter() - start
+    if not on_terminal:
+        print(f"   frozen layers run once: {len(features)} images in {seconds:.1f} s", flush=True)
+    return features, seconds

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, files
+from transferlab import data, files, progress
 
 LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
 DEFAULT_LIMIT_GB = 10
@@ -86,7 +86,7 @@ def extract(frozen, batches, count, entry):
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
     them as a read-only memory map."""
     os.makedirs(os.path.dirname(entry), exist_ok=True)
-    with files.replacing(f"{entry}.npy") as tmp:
+    with files.replacing(f"{entry}.npy") as tmp, progress.Progress("features extracted", count) as shown:
         out, done = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
@@ -99,6 +99,7 @@ def extract(frozen, batches, count, entry):
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *result.shape[1:]))
             out[done:done + len(result)] = result
             done += len(result)
+            shown.add(len(result))
         if done != count:
             raise ValueError(f"the pipeline gave {done} images, expected {count}")
         out.flush()

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from transferlab import runtime
+from transferlab import progress, runtime
 
 SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")  # what tf.io.decode_image reads; any case
 BATCH = 256  # images per decoded batch: enough to keep both cores busy, small next to any image folder
@@ -64,9 +64,11 @@ def decode(paths, size, channels=3):
     """Every image of `paths` in memory: (images uint8 (n, height, width, channels), the indices of those
     decoded, the indices of those that could not be)."""
     kept, arrays = [], []
-    for indices, images in stream(paths, size, channels):
-        kept.append(indices)
-        arrays.append(images)
+    with progress.Progress("decoded", len(paths)) as shown:
+        for indices, images in stream(paths, size, channels):
+            kept.append(indices)
+            arrays.append(images)
+            shown.add(len(indices))
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
     images = np.concatenate(arrays) if arrays else np.zeros((0, *size, channels), np.uint8)
     failed = sorted(set(range(len(paths))) - set(kept.tolist()))
