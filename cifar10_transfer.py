@@ -118,6 +118,9 @@ with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_con
         head_batch_size=HEAD_BATCH_SIZE, validation_data=task_b.validation, augmentation=augmentation(), **options),
         task_b, frozen_layers=frozen_count)
 
+    # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
+    run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [CLASS_NAMES[c] for c in TASK_B_CLASSES])
+
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {task_b.samples} images of task B, random init, {EPOCHS} epochs")

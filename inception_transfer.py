@@ -141,8 +141,10 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
             initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, more_callbacks=[stop], **options),
             task, feed=feed, stop=stop)
 
-    # 7. The final transferred model on the test images (validation without test/): per-class scores and plots.
+    # 7. The final transferred model on the test images (validation without test/): per-class scores and plots;
+    #    then saved as model.keras + labels.txt.
     run.evaluate_final(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']})")
+    run.save_model(model, IMAGE, backbones.preprocessing_layers("InceptionV3"), CLASS_NAMES)
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:

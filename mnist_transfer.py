@@ -117,6 +117,9 @@ with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE, later_consta
         run, "transfer", frozen, head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
         head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), **options), task_b, frozen_layers=frozen_count)
 
+    # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
+    run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [str(digit) for digit in TASK_B_CLASSES])
+
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {task_b.samples} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")

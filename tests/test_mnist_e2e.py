@@ -70,8 +70,12 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     assert os.path.getsize(os.path.join(folder, "learning_curves.png")) > 10_000
     # Each finished phase leaves its weights (for a resumed run); no checkpoints remain.
     assert sorted(os.listdir(folder)) == ["base.weights.h5", "history_base.csv", "history_scratch.csv",
-                                          "history_transfer.csv", "learning_curves.png", "record.json",
-                                          "scratch.weights.h5", "tensorboard", "transfer.weights.h5"]
+                                          "history_transfer.csv", "labels.txt", "learning_curves.png", "model.keras",
+                                          "record.json", "scratch.weights.h5", "tensorboard", "transfer.weights.h5"]
+    # The transferred model, usable on its own: raw 28x28x1 digits in, task B's probabilities out.
+    assert open(os.path.join(folder, "labels.txt")).read() == "7\n8\n9\n"
+    assert record["model"] == {"file": "model.keras", "labels": "labels.txt", "phase": "transfer",
+                               "input": {"shape": [28, 28, 1], "dtype": "uint8"}}
     for name in ("base", "transfer", "scratch"):  # TENSORBOARD is on by default: logs per phase, for training
         assert glob.glob(os.path.join(folder, "tensorboard", name, "train", "events.out.tfevents.*")), name
     assert f"record: {os.path.join(folder, 'record.json')}" in result.stdout

@@ -26,6 +26,12 @@ def preprocess_function(name):
     return APPLICATIONS[name][1]
 
 
+def preprocessing_layers(name):
+    """The backbone's preprocessing as Keras layers, for a model that takes raw images: both backbones here
+    map pixels 0..255 to -1..1 (their preprocess_input's "tf" mode), x / 127.5 - 1."""
+    return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=f"{name.lower()}_preprocessing")]
+
+
 def imagenet_file(name, image_size, alpha=1.0):
     """The no-top ImageNet weights file Keras downloads into ~/.keras/models for this backbone and size."""
     if name == "MobileNetV2":

@@ -18,10 +18,11 @@ named there: forgetting one costs a reuse, never a stale network.
 
 import contextlib
 
+import keras
 import numpy as np
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, distribute, metrics, models, phases, plots, records, run_constants
+from transferlab import config, distribute, files, metrics, models, phases, plots, records, run_constants
 
 
 # Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and
@@ -131,3 +132,27 @@ class Run(records.Run):
         self.record["final"] = {"phase": list(self.record["phases"])[-1], "split": split, "images": len(y),
                                 "accuracy": accuracy, "per_class": per_class}
         self.save()
+
+    def save_model(self, model, image_shape, preprocessing, labels):
+        """Leave the model the run's final numbers come from as files anyone can use without transferlab:
+        model.keras takes raw images (uint8, `image_shape`, as the run decoded them), scales them with the
+        `preprocessing` layers the run applied outside the model, and returns one probability per class (a
+        one-unit sigmoid output becomes two); labels.txt names the outputs, one per line. Both are written
+        atomically, again on resume; the record's "model" section says where and from which phase."""
+        inputs = keras.Input(image_shape, dtype="uint8", name="image")
+        x = inputs
+        for layer in preprocessing:
+            x = layer(x)
+        outputs = model(x)
+        if outputs.shape[-1] == 1:  # P(class 1) -> [P(class 0), P(class 1)]
+            outputs = keras.layers.Concatenate(name="probabilities")(
+                [keras.layers.Rescaling(-1.0, offset=1.0, name="complement")(outputs), outputs])
+        saved = keras.Model(inputs, outputs, name=f"{self.record['experiment']}_classifier")
+        with files.replacing(self.file("model.keras")) as tmp:
+            saved.save(tmp)
+        files.write_text(self.file("labels.txt"), "".join(f"{label}\n" for label in labels))
+        self.record["model"] = {"file": "model.keras", "labels": "labels.txt", "phase": list(self.record["phases"])[-1],
+                                "input": {"shape": list(image_shape), "dtype": "uint8"}}
+        self.save()
+        print(f"model: {self.file('model.keras')}, labels.txt beside it; "
+              f"classify images with: python -m transferlab.predict {self.dir} IMAGE...")

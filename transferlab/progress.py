@@ -8,11 +8,14 @@ import keras
 
 
 class Progress:
-    """`with Progress("decoding", total) as progress: ... progress.add(n)`."""
+    """`with Progress("decoding", total) as progress: ... progress.add(n)`. With `bar` False, only the line, on
+    stderr (for a command whose stdout is its output)."""
 
-    def __init__(self, what, total, unit="images"):
+    def __init__(self, what, total, unit="images", bar=True):
         self.what, self.total, self.unit, self.count = what, total, unit, 0
-        self.bar = keras.utils.Progbar(total, unit_name=unit.rstrip("s")) if sys.stdout.isatty() and total else None
+        self.file = sys.stdout if bar else sys.stderr
+        shown = bar and sys.stdout.isatty() and total
+        self.bar = keras.utils.Progbar(total, unit_name=unit.rstrip("s")) if shown else None
 
     def __enter__(self):
         self.start = time.perf_counter()
@@ -25,5 +28,6 @@ class Progress:
 
     def __exit__(self, kind, error, traceback):
         if kind is None and self.bar is None and self.total:
-            print(f"   {self.what}: {self.count} {self.unit} in {time.perf_counter() - self.start:.1f} s", flush=True)
+            print(f"   {self.what}: {self.count} {self.unit} in {time.perf_counter() - self.start:.1f} s",
+                  file=self.file, flush=True)
         return False
