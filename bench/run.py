@@ -239,18 +239,18 @@ def backbone_extraction(folder, weights, image_size, batch_size, rounds):
 
 
 def time_to_accuracy(data_dir, weights, work, extra):
-    """Figure 5: cats vs dogs from a cold start (empty feature cache) to a record, frozen phase only."""
+    """Figure 5: the default cats-vs-dogs command (the folder recipe: 224 px, frozen, linear head) from a cold
+    start (empty feature cache, a new process) to its record."""
     record, wall, _ = run_script("mobilenet_transfer.py", [f"--data_dir={data_dir}", f"--weights={weights}",
-                                                        "--fine_tune_epochs=0", "--run_scratch=False",
                                                         f"--results_dir={work}/tta", *extra],
                               env={data.CACHE_DIR_ENV: os.path.join(work, "empty_cache")})
     transfer = record["phases"]["transfer"]
     result = {
-        "figure": "5. Time to accuracy: cats vs dogs, frozen phase, cold start to record",
+        "figure": "5. Time to accuracy: the default cats-vs-dogs command, cold start to record",
         "wall seconds": wall, "val acc": transfer["val_accuracy"], "feature cache": transfer["feature_cache"],
-        "target": ">= 97% validation accuracy in <= 60 s",
+        "target": ">= 99.0% validation accuracy in <= 90 s",
     }
-    result["met"] = transfer["val_accuracy"] >= 0.97 and wall <= 60
+    result["met"] = transfer["val_accuracy"] >= 0.99 and wall <= 90
     return result
 
 
