@@ -1,3 +1,5 @@
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +122,18 @@ def image_folder_3(tmp_path):
     root = tmp_path / "images3"
     make_image_folder(root, classes=3, per_class=10, validation=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny mobilenet run on a two-class folder (random weights, 32 px, 2 epochs): (run folder, record, data)."""
+    root = tmp_path_factory.mktemp("predict")
+    make_image_folder(root / "photos", per_class=10)
+    results = root / "results"
+    result = run_script("mobilenet_transfer.py", f"--data_dir={root / 'photos'}", "--weights=None", "--image_size=32",
+                        "--epochs=2", "--head=8", f"--results_dir={results}",
+                        env={"TRANSFERLAB_CACHE_DIR": str(root / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
+    with open(path) as f:
+        return os.path.dirname(path), json.load(f), root / "photos", results

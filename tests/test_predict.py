@@ -1,7 +1,6 @@
 """What a run leaves for use: model.keras and labels.txt, loadable without transferlab, and
 `python -m transferlab.predict` reproducing the run's own numbers on its own images."""
 
-import glob
 import json
 import os
 import subprocess
@@ -10,29 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_script
-
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import images
 
 import keras
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A tiny mobilenet run on a two-class folder (random weights, 32 px, 2 epochs): (run folder, record, data)."""
-    from conftest import make_image_folder
-
-    root = tmp_path_factory.mktemp("predict")
-    make_image_folder(root / "photos", per_class=10)
-    results = root / "results"
-    result = run_script("mobilenet_transfer.py", f"--data_dir={root / 'photos'}", "--weights=None", "--image_size=32",
-                        "--epochs=2", "--head=8", f"--results_dir={results}",
-                        env={"TRANSFERLAB_CACHE_DIR": str(root / "cache")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
-    with open(path) as f:
-        return os.path.dirname(path), json.load(f), root / "photos", results
 
 
 def predict(*args, cwd=None):

@@ -18,11 +18,11 @@ named there: forgetting one costs a reuse, never a stale network.
 
 import contextlib
 
-import keras
-import numpy as np
-
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
 from transferlab import config, distribute, files, metrics, models, phases, plots, records, run_constants
+
+import keras
+import numpy as np
 
 
 # Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and

@@ -1,0 +1,253 @@
+"""Export the model a run left, and check the export against it before calling it done.
+
+    python -m transferlab.export RUN --format=saved_model|tflite|onnx [--quantize=none|float16|dynamic|int8]
+
+RUN is a run folder, a run id or `latest` (as for transferlab.predict). The export goes into RUN/export/:
+`saved_model/` (Keras's model.export: a serving signature that takes the raw uint8 images), `model.tflite` or
+`model-<quantize>.tflite` (TensorFlow's LiteRT converter; int8 calibrated on a few hundred training images)
+with `labels.txt` beside it, or `model.onnx` (Keras's ONNX export; its packages are in requirements-onnx.txt).
+
+The check: the run's validation images (or --images=FOLDER of <class>/ folders) go through the exported file
+with that format's own runtime (tf.saved_model.load, the LiteRT interpreter with XNNPACK, onnxruntime) and
+through the Keras model. export/export.json records, per file: format, quantization, size, sha256, top-1
+agreement, the largest probability difference, each one's accuracy, and per-image latency at batch 1 and 32.
+A float export must agree on top-1 for >= 99.9% of the images with probabilities within 1e-4; a quantized
+one must not lose more than --allow_accuracy_drop points (default 2). One that fails is kept under a name
+that says so, and the command exits 1. Bad input: one line, exit 2.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import statistics
+import time
+
+from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
+from transferlab import files, folders, images, predict, process
+from transferlab.config import UserError, check
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+FORMATS = ("saved_model", "tflite", "onnx")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+CHECK_IMAGES = 1000  # at most this many images in the check (cats vs dogs' validation set whole)
+CALIBRATION_IMAGES = 300  # training images the int8 converter calibrates on
+FLOAT_AGREEMENT, FLOAT_TOLERANCE = 0.999, 1e-4
+
+
+def run_images(folder, record, override=None, split="validation"):
+    """(paths, labels) of the images to check or calibrate on: the files of `override` (<class>/ folders, or any
+    images, then without labels), else the run's own `split` of the image folder it read."""
+    if override is not None:
+        found = folders.layout(override) if not os.path.isfile(override) else None
+        if found is not None and found.kind == "class folders":
+            paths, labels = [], []
+            for label, name in enumerate(found.classes):
+                inside, _ = images.files_under(os.path.join(override, name))
+                paths += inside
+                labels += [label] * len(inside)
+            return paths, labels
+        return predict.image_paths([override])[0], None
+    data = record.get("data", {})
+    check("layout" in data, f"{folder}: this run did not read an image folder; give the images to check on with "
+                            f"--images=FOLDER (one <class>/ folder per label)")
+    splits, _ = folders.listing(folders.layout(data["source"]), record["config"].get("VALIDATION_SPLIT") or 0.2)
+    paths, labels = splits[split if split in splits else "validation"]
+    return paths, labels
+
+
+def sample(paths, labels, count, seed=0):
+    if len(paths) <= count:
+        return paths, labels
+    keep = np.sort(np.random.default_rng(seed).choice(len(paths), count, replace=False))
+    return [paths[i] for i in keep], None if labels is None else [labels[i] for i in keep]
+
+
+class LiteRT:
+    """A .tflite file run by the LiteRT interpreter (ai-edge-litert; TensorFlow's own if it is missing), with
+    XNNPACK and a thread per core, on batches of any size."""
+
+    def __init__(self, path):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # the deprecated copy inside TensorFlow runs the same kernels
+            Interpreter = tf.lite.Interpreter  # noqa: N806
+        self.interpreter = Interpreter(model_path=path, num_threads=os.cpu_count() or 1)
+        self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def __call__(self, x):
+        if self.batch != len(x):
+            self.interpreter.resize_tensor_input(self.input["index"], [len(x), *x.shape[1:]])
+            self.interpreter.allocate_tensors()
+            self.batch = len(x)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        return np.array(self.interpreter.get_tensor(self.output["index"]), dtype=np.float32)
+
+
+def export_saved_model(model, path, _calibration):
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(path, format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(path)  # kept by the closure: its variables die with it
+    return lambda x: np.asarray(loaded.serve(tf.constant(x)), dtype=np.float32)
+
+
+def export_tflite(model, path, calibration, quantize):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        def representative():
+            for _, batch in images.stream(calibration, model.input_shape[1:3], model.input_shape[3], batch=1):
+                yield [batch.astype(np.uint8)]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    with runtime.quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
+        flatbuffer = converter.convert()
+    with files.replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    return LiteRT(path)
+
+
+def export_onnx(model, path, _calibration):
+    try:
+        import onnxruntime
+        import tf2onnx  # noqa: F401 (Keras's ONNX export needs it)
+    except ImportError as error:
+        raise UserError(f"--format=onnx needs {error.name}: pip install -r requirements-onnx.txt") from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(path, format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: np.asarray(session.run(None, {name: x})[0], dtype=np.float32)
+
+
+def latency(function, x, batch):
+    """Median seconds per image over a few calls of `function` on batches of `batch` images."""
+    x = x[:batch] if len(x) >= batch else np.concatenate([x] * (-(-batch // len(x))))[:batch]
+    function(x)  # the first call builds and traces
+    seconds = []
+    for _ in range(5 if batch > 1 else 20):
+        start = time.perf_counter()
+        function(x)
+        seconds.append((time.perf_counter() - start) / batch)
+    return statistics.median(seconds)
+
+
+def compare(keras_model, exported, paths, labels):
+    """The check's numbers: agreement, largest difference, accuracy of each, latencies."""
+    ours, theirs, kept = [], [], []
+    size = keras_model.input_shape[1:3]
+    for indices, x in images.stream(paths, size, keras_model.input_shape[3], batch=32):
+        ours.append(np.asarray(keras_model.predict_on_batch(x), dtype=np.float32))
+        theirs.append(exported(x))
+        kept.append(indices)
+    check(kept, "none of the check images could be decoded")
+    ours, theirs, kept = np.concatenate(ours), np.concatenate(theirs), np.concatenate(kept)
+    agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+    result = {"images": len(kept), "top1_agreement": round(agree, 6),
+              "max_probability_difference": float(np.abs(ours - theirs).max())}
+    if labels is not None:
+        truth = np.array(labels)[kept]
+        result["accuracy_keras"] = round(float(np.mean(ours.argmax(1) == truth)), 6)
+        result["accuracy_export"] = round(float(np.mean(theirs.argmax(1) == truth)), 6)
+    x = next(images.stream(paths[:32], size, keras_model.input_shape[3], batch=32))[1]
+    for batch in (1, 32):
+        result[f"ms_per_image_keras_batch{batch}"] = round(1000 * latency(keras_model.predict_on_batch, x, batch), 3)
+        result[f"ms_per_image_export_batch{batch}"] = round(1000 * latency(exported, x, batch), 3)
+    return result
+
+
+def passed(entry, allow_drop):
+    """(passed, why not)."""
+    if entry["quantization"] == "none":
+        ok = entry["top1_agreement"] >= FLOAT_AGREEMENT and entry["max_probability_difference"] <= FLOAT_TOLERANCE
+        return ok, (f"top-1 agreement {entry['top1_agreement']:.2%} (needs >= 99.9%), largest probability "
+                    f"difference {entry['max_probability_difference']:.1e} (needs <= 1e-4)")
+    if "accuracy_keras" not in entry:
+        return True, ""
+    drop = 100 * (entry["accuracy_keras"] - entry["accuracy_export"])
+    return drop <= allow_drop, f"accuracy fell {drop:.2f} points (allowed: {allow_drop})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m transferlab.export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run folder, a run id, or latest")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="saved_model, tflite or onnx")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
+                        help="tflite only: none, float16, dynamic (int8 weights) or int8 (weights and activations)")
+    parser.add_argument("--images", help="a folder of <class>/ folders to check on (default: the run's validation "
+                                         "images, for a run that read an image folder)")
+    parser.add_argument("--allow_accuracy_drop", type=float, default=2.0,
+                        help="points of accuracy a quantized export may lose (default 2)")
+    parser.add_argument("--results_dir", default="results", help="where run ids and latest are looked up")
+    parser.add_argument("--experiment", help="with latest: the experiment")
+    args = parser.parse_args(argv)
+    process.install()
+    check(args.format == "tflite" or args.quantize == "none", f"--quantize={args.quantize} is for --format=tflite")
+    folder = predict.find_run(args.run, args.results_dir, args.experiment)
+    with open(os.path.join(folder, "record.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    paths, labels = sample(*run_images(folder, record, args.images), CHECK_IMAGES)
+    check(paths, f"no images to check the export on in {args.images or record['data'].get('source')}")
+    calibration = []
+    if args.quantize == "int8":
+        calibration = sample(*run_images(folder, record, args.images, split="train"), CALIBRATION_IMAGES)[0]
+    model = keras.saving.load_model(os.path.join(folder, predict.MODEL), compile=False, safe_mode=True)
+    out = os.path.join(folder, "export")
+    os.makedirs(out, exist_ok=True)
+    name = {"saved_model": "saved_model", "onnx": "model.onnx",
+            "tflite": "model.tflite" if args.quantize == "none" else f"model-{args.quantize}.tflite"}[args.format]
+    path = os.path.join(out, name)
+    print(f"exporting {folder} as {args.format}" + (f" ({args.quantize})" if args.quantize != "none" else "")
+          + f", then checking it on {len(paths)} images ...", flush=True)
+    if args.format == "tflite":
+        exported = export_tflite(model, path, calibration, args.quantize)
+        shutil.copyfile(os.path.join(folder, predict.LABELS), os.path.join(out, predict.LABELS))
+    elif args.format == "saved_model":
+        shutil.rmtree(path, ignore_errors=True)
+        exported = export_saved_model(model, path, calibration)
+    else:
+        exported = export_onnx(model, path, calibration)
+    size = (sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
+            if os.path.isdir(path) else os.path.getsize(path))
+    entry = {"file": name, "format": args.format, "quantization": args.quantize, "bytes": size,
+             "sha256": None if os.path.isdir(path) else files.sha256(path), **compare(model, exported, paths, labels)}
+    ok, why = passed(entry, args.allow_accuracy_drop)
+    entry["passed"] = ok
+    if not ok:
+        stem, ext = os.path.splitext(name)
+        failed = f"{stem}.failed-check{ext}"
+        shutil.rmtree(os.path.join(out, failed), ignore_errors=True)
+        os.replace(path, os.path.join(out, failed))
+        entry["file"] = failed
+    index = os.path.join(out, "export.json")
+    entries = {}
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            entries = json.load(f)
+    entries[name] = entry
+    files.write_json(index, entries)
+    shown = {k: v for k, v in entry.items() if k not in ("sha256",)}
+    print("\n".join(f"   {k}: {v}" for k, v in shown.items()))
+    if not ok:
+        print(f"error: the export failed its check ({why}); kept as {os.path.join(out, entry['file'])}")
+        process.exit_now(1)
+    print(f"export: {path} (checked; export.json beside it)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as error:
+        process.fail(error)
