@@ -18,6 +18,8 @@ FIGURES = {
     "5. Time to accuracy": {"wall seconds", "val acc", "feature cache", "met"},
     "6. Scaling": {"40 samples", "160 samples", "peak MB per 1k added samples",
                    "seconds per added sample, last step / whole range", "met"},
+    "7. Predict end to end": {"ours images/s (files to probabilities)", "bare images/s (decoded in memory)",
+                              "ours / bare", "met"},
 }
 
 
@@ -44,7 +46,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert figures[4]["feature cache"] == "miss"  # a cold start: the cache was empty
     assert len([name for name in figures[5] if name.split()[0].isdigit()]) == 3  # 4 and 16 per class, and all
     text = out.read_text()
-    assert text.startswith("# Benchmarks") and text.count("\n## ") == 6 and "Measured with `python -m bench" in text
+    assert text.startswith("# Benchmarks") and text.count("\n## ") == 7 and "Measured with `python -m bench" in text
 
 
 def test_a_quick_benchmark_refuses_to_write_into_docs_and_touches_nothing(tmp_path):
