@@ -1,6 +1,7 @@
 """python -m transferlab.export: each format round-trips, is checked against the Keras model, and says so in
 export.json; bad input is one line."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,9 @@ def export(*args):
     ("tflite", "none", "model.tflite"),
     ("tflite", "int8", "model-int8.tflite"),
     ("saved_model", "none", "saved_model"),
+    pytest.param("onnx", "none", "model.onnx", marks=pytest.mark.skipif(
+        importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None,
+        reason="the ONNX packages (requirements-onnx.txt) are not installed")),
 ])
 def test_an_export_round_trips_and_is_checked_against_the_keras_model(trained_run, fmt, quantize, name):
     folder, record, _, _ = trained_run

@@ -124,6 +124,7 @@ def export_onnx(model, path, _calibration):
         import tf2onnx  # noqa: F401 (Keras's ONNX export needs it)
     except ImportError as error:
         raise UserError(f"--format=onnx needs {error.name}: pip install -r requirements-onnx.txt") from None
+    model(np.zeros((1, *model.input_shape[1:]), np.uint8))  # Keras 3.15 exports to ONNX only a model called once
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(path, format="onnx", verbose=False)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
