@@ -259,8 +259,10 @@ def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_pat
                         "--head_width=8", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class folders (2 classes), 0.2 of each validates by file hash" in result.stdout
-    record, _ = only_record(results, "inception")
+    record, folder = only_record(results, "inception")
     assert record["data"]["layout"] == "class folders" and sum(record["data"]["samples"].values()) == 20
+    assert open(os.path.join(folder, "labels.txt")).read() == "green\nred\n"
+    assert record["model"]["input"] == {"shape": [75, 75, 3], "dtype": "uint8"} and "model.keras" in os.listdir(folder)
     assert record["final"]["split"] == "validation" and record["final"]["images"] == record["data"]["samples"][
         "validation"]
 

@@ -60,6 +60,20 @@ def test_image_tree_run_records_validation_and_test_and_uses_the_cache(cifar_tre
     assert record["data"]["samples"] == {"task_a_train": 80, "task_a_validation": 20, "task_a_test": 20,
                                          "task_b_train": 80, "task_b_validation": 20, "task_b_test": 20}
     assert list(record["phases"]) == ["base", "transfer", "scratch"]
+    # The saved model on the tree's raw test images of task B scores what the run recorded for transfer.
+    from transferlab import images
+    import keras
+
+    folder = os.path.dirname(glob.glob(str(results / "cifar10" / "*" / "record.json"))[0])
+    labels = open(os.path.join(folder, "labels.txt")).read().splitlines()
+    assert labels == ["dog", "frog", "horse", "ship", "truck"]
+    paths = sorted(glob.glob(str(cifar_tree / "cifar10" / "test" / "*" / "*")))
+    truth = [labels.index(os.path.basename(os.path.dirname(p))) for p in paths if os.path.basename(
+        os.path.dirname(p)) in labels]
+    x, _, failed = images.decode([p for p in paths if os.path.basename(os.path.dirname(p)) in labels], (32, 32))
+    predicted = keras.saving.load_model(os.path.join(folder, "model.keras")).predict(x, verbose=0).argmax(axis=1)
+    assert failed == [] and np.mean(predicted == truth) == pytest.approx(
+        record["phases"]["transfer"]["test_accuracy"], abs=1.01 / len(truth))
     for phase in record["phases"].values():
         assert 0 <= phase["val_accuracy"] <= 1 and phase["val_loss"] >= 0
         assert 0 <= phase["test_accuracy"] <= 1 and phase["epochs"] == 2

@@ -76,6 +76,17 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     assert open(os.path.join(folder, "labels.txt")).read() == "7\n8\n9\n"
     assert record["model"] == {"file": "model.keras", "labels": "labels.txt", "phase": "transfer",
                                "input": {"shape": [28, 28, 1], "dtype": "uint8"}}
+    # On the raw test digits 7-9 (uint8, as in mnist.npz) it scores what the run recorded for transfer.
+    from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
+
+    import keras
+
+    with np.load(npz, allow_pickle=False) as f:
+        x, y = f["x_test"], f["y_test"]
+    keep = np.isin(y, [7, 8, 9])
+    model = keras.saving.load_model(os.path.join(folder, "model.keras"))
+    predicted = model.predict(x[keep][..., None], verbose=0).argmax(axis=1)
+    assert np.mean(predicted == y[keep] - 7) == pytest.approx(transfer["test_accuracy"], abs=1.01 / keep.sum())
     for name in ("base", "transfer", "scratch"):  # TENSORBOARD is on by default: logs per phase, for training
         assert glob.glob(os.path.join(folder, "tensorboard", name, "train", "events.out.tfevents.*")), name
     assert f"record: {os.path.join(folder, 'record.json')}" in result.stdout
