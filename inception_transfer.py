@@ -24,8 +24,8 @@ import keras
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value. Every experiment also has
 # SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, TENSORBOARD, RESULTS_DIR and RESUME (--help).
-DATA_DIR: str | None = None  # a folder with train/<class>/; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
-VALIDATION_SPLIT = 0.2  # share of train/ that validates (seeded) when there is no validation/ folder
+DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
+VALIDATION_SPLIT = 0.2  # share of each class that validates (by file hash) when there is no validation/ folder
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE = 150  # input pixels per side, as published
 CUT_LAYER = "mixed7"  # the backbone ends here: mid-level features transfer better than ImageNet's last ones
