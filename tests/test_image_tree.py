@@ -110,3 +110,16 @@ def test_train_validation_split_is_a_seeded_shuffle():
     (xt2, _), (xv2, _) = data.train_validation_split(x, y, 0.2, seed=1)
     assert xv2.tolist() == xv.tolist()
     assert data.train_validation_split(x, y, 0.2, seed=2)[1][0].tolist() != xv.tolist()
+
+
+def test_the_decoder_quiets_only_its_own_fetching_not_what_the_caller_writes(tmp_path, capfd):
+    from transferlab import images
+
+    paths = []
+    for i in range(3):
+        Image.fromarray(np.full((10, 10, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for _ in images.stream([*paths, str(tmp_path / "broken.png")], (8, 8), batch=1):
+        os.write(2, b"between batches\n")  # e.g. the caller's own warnings while it classifies a batch
+    assert capfd.readouterr().err.count("between batches") == 3

@@ -91,7 +91,7 @@ class LiteRT:
         return np.array(self.interpreter.get_tensor(self.output["index"]), dtype=np.float32)
 
 
-def export_saved_model(model, path, _calibration):
+def export_saved_model(model, path):
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(path, format="tf_saved_model", verbose=False)
     loaded = tf.saved_model.load(path)  # kept by the closure: its variables die with it
@@ -118,7 +118,7 @@ def export_tflite(model, path, calibration, quantize):
     return LiteRT(path)
 
 
-def export_onnx(model, path, _calibration):
+def export_onnx(model, path):
     try:
         import onnxruntime
         import tf2onnx  # noqa: F401 (Keras's ONNX export needs it)
@@ -217,9 +217,9 @@ def main(argv=None):
         shutil.copyfile(os.path.join(folder, predict.LABELS), os.path.join(out, predict.LABELS))
     elif args.format == "saved_model":
         shutil.rmtree(path, ignore_errors=True)
-        exported = export_saved_model(model, path, calibration)
+        exported = export_saved_model(model, path)
     else:
-        exported = export_onnx(model, path, calibration)
+        exported = export_onnx(model, path)
     size = (sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
             if os.path.isdir(path) else os.path.getsize(path))
     entry = {"file": name, "format": args.format, "quantization": args.quantize, "bytes": size,

@@ -55,9 +55,15 @@ def stream(paths, size, channels=3, batch=BATCH):
     numbered = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     decoded = numbered.map(lambda i, p: (i, _decode_one(p, size, channels)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = decoded.ignore_errors().batch(batch).prefetch(tf.data.AUTOTUNE)
-    with runtime.quiet_stderr():  # libpng prints "Input file read error" for each broken file: we report them
-        yield from batches.as_numpy_iterator()
+    batches = iter(decoded.ignore_errors().batch(batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+    while True:
+        # libpng prints "Input file read error" for each broken file (we report them): quiet while fetching
+        # only, so that what the caller does with a batch can still write to stderr.
+        with runtime.quiet_stderr():
+            found = next(batches, None)
+        if found is None:
+            return
+        yield found
 
 
 def decode(paths, size, channels=3):
