@@ -75,9 +75,9 @@ if WEIGHTS is None:
     print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
           "means nothing (the record says weights: random)")
 
-# 2. Data: the image folder (<class>/ or train/ with optional validation/ and test/), decoded once into uint8
-#    images at the input size.
-*splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
+# 2. Data: the image folder (<class>/ or train/ with optional validation/ and test/): uint8 images at the input
+#    size, decoded in the pipelines a batch at a time, so memory does not grow with the folder.
+*splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT)
 task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 CLASS_NAMES = task.classes
 

@@ -108,10 +108,11 @@ with exp.scope():  # its weights are variables: under a strategy they must be cr
     backbone, backbone_info = backbones.load("MobileNetV2", IMAGE_SIZE, WEIGHTS)
 backbones.layer_index(backbone, FINE_TUNE_AT)
 
-# 2. Data as uint8 RGB images at the input size, decoded once: an image folder (<class>/, or train/ with
-#    optional validation/ and test/), or MNIST's digits as RGB (a seeded share of the training digits validates).
+# 2. Data as uint8 RGB images at the input size: an image folder (<class>/, or train/ with optional validation/
+#    and test/), its files decoded in the pipelines a batch at a time (memory does not grow with the folder),
+#    or MNIST's digits as RGB in memory (a seeded share of the training digits validates).
 if DATASET == "folder":
-    splits = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
+    splits = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT)
 else:
     splits = data.mnist_as_rgb(data.data_dir(DATA_DIR), IMAGE_SIZE, VALIDATION_SPLIT, exp.seed)
 task, CLASS_WEIGHTS = data.training_task(*splits, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)

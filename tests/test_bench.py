@@ -13,13 +13,15 @@ FIGURES = {
     "2. Transfer vs base": {"base seconds", "transfer seconds", "transfer / base", "task B test acc", "met"},
     "3. Harness overhead": {"bare steady epoch s", "ours steady epoch s", "bare / ours per round", "bare / ours",
                             "met"},
-    "4. Backbone feature extraction": {"ours / bare", "ours / bare per round", "ours decode seconds (included)",
-                                       "met"},
+    "4. Backbone feature extraction": {"ours / bare", "ours / bare per round",
+                                       "ours seconds checking the files (included)", "met"},
     "5. Time to accuracy": {"wall seconds", "val acc", "feature cache", "met"},
     "6. Scaling": {"40 samples", "160 samples", "peak MB per 1k added samples",
                    "seconds per added sample, last step / whole range", "met"},
     "7. Predict end to end": {"ours images/s (files to probabilities)", "bare images/s (decoded in memory)",
                               "ours / bare", "met"},
+    "8. Memory over an image folder": {"peak MB, whole folder", "the folder decoded in memory would be, MB",
+                                       "seconds per added image, last step / whole range", "met"},
 }
 
 
@@ -37,7 +39,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
             if isinstance(value, float):
                 # tiny runs make noisy differences: accuracy, time growth and peak-memory growth may be negative
                 signed = ("accuracy difference (points)", "seconds per added sample, last step / whole range",
-                          "peak MB per 1k added samples")
+                          "peak MB per 1k added samples", "seconds per added image, last step / whole range")
                 assert value == value and (value >= 0 or name in signed), (name, value)
     # Figure 1's one quick round: one run each way after the full run, whose base they reused.
     assert figures[0]["rounds"] == 1 and len(figures[0]["ours seconds per round"].split(", ")) == 1
@@ -45,8 +47,9 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert figures[0]["base network"].startswith("trained once, in run ")
     assert figures[4]["feature cache"] == "miss"  # a cold start: the cache was empty
     assert len([name for name in figures[5] if name.split()[0].isdigit()]) == 3  # 4 and 16 per class, and all
+    assert [name for name in figures[7] if name.split()[0].isdigit()] == ["10 images", "16 images", "32 images"]
     text = out.read_text()
-    assert text.startswith("# Benchmarks") and text.count("\n## ") == 7 and "Measured with `python -m bench" in text
+    assert text.startswith("# Benchmarks") and text.count("\n## ") == 8 and "Measured with `python -m bench" in text
 
 
 def test_a_quick_benchmark_refuses_to_write_into_docs_and_touches_nothing(tmp_path):

@@ -12,7 +12,7 @@ import os
 import keras
 import tensorflow as tf
 
-from transferlab import compat, data, distribute, files
+from transferlab import compat, data, distribute, files, images
 from transferlab.config import UserError, check
 
 APPLICATIONS = {
@@ -188,15 +188,18 @@ def split(backbone):
 
 
 def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentation=None):
-    """A tf.data pipeline over uint8 images in memory, batched, through the backbone's `preprocess`
-    exactly once, overlapped with the model's work by prefetch. `batch_size` is per replica.
+    """A tf.data pipeline over uint8 images (an array, or images.Files decoded in the pipeline), batched,
+    through the backbone's `preprocess` exactly once, overlapped with the model's work by prefetch.
+    `batch_size` is per replica.
 
     For evaluation (`first_epoch` None) the images keep their order. For training, from epoch
     `first_epoch` on, every epoch comes in its own seeded order (data.epoch_batches: the same order
     whether or not the run was resumed) and is augmented when an `augmentation` model is given.
     """
     batch_size = distribute.global_batch(batch_size)
-    if first_epoch is None:
+    if first_epoch is None and isinstance(x, images.Files):  # decoded a batch at a time, never all at once
+        dataset = x.dataset(y).batch(batch_size)
+    elif first_epoch is None:
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
     else:
         dataset = data.epoch_batches(x, y, batch_size, seed, first_epoch)

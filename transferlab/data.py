@@ -232,8 +232,7 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
     not. `fit` starts a new pass (a new iterator) for every epoch, and the epoch counter advances once
     per pass, inside the pipeline, so it cannot race with the prefetching of the next epoch.
     """
-    x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-    count = int(x.shape[0])
+    count, y = len(x), tf.convert_to_tensor(y)
     epoch = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False)
 
     def order(_):
@@ -241,7 +240,14 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
         return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair)
 
     indices = tf.data.Dataset.range(1).map(order).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o))
-    batches = indices.batch(batch_size).apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    cardinality = tf.data.experimental.assert_cardinality(-(-count // batch_size))
+    if isinstance(x, images.Files):  # image files: each decoded in parallel as its batch comes up
+        paths = tf.constant(x.paths)
+        examples = indices.map(lambda i: (x.load(tf.gather(paths, i)), tf.gather(y, i)),
+                               num_parallel_calls=tf.data.AUTOTUNE)
+        return examples.batch(batch_size).apply(cardinality)
+    x = tf.convert_to_tensor(x)
+    batches = indices.batch(batch_size).apply(cardinality)
     return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -76,6 +76,7 @@ class Run(records.Run):
 
     def __init__(self, *args, phase_inputs, **kwargs):
         self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
+        self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
         super().__init__(*args, **kwargs)
 
     def phase(self, name, model, train, task, *, feed=None, reuse=False, stop=None, **fields):
@@ -87,9 +88,9 @@ class Run(records.Run):
         - else trained: `train()` returns the phase's timer (phases.fit), or (timer, info, ...) (phases.fit_head,
           phases.fine_tune). Validation scores are the last epoch's, from the history (`fit` measured the final
           weights in inference mode); test scores come from `model` over `task.test` (`task` a data.Task), once,
-          through `feed` (backbones.Feed) when given. The record gets the task's classes and training images,
-          epochs, seconds, scores, info and `fields`, and whether `stop` (a callbacks.StopAtValAccuracy the
-          phase trained with) ended it early; the weights are saved.
+          through `feed` (backbones.Feed) when given, and its classes are kept for evaluate_final. The record
+          gets the task's classes and training images, epochs, seconds, scores, info and `fields`, and whether
+          `stop` (a callbacks.StopAtValAccuracy the phase trained with) ended it early; the weights are saved.
         Returns what `train` returned beyond the timer and info (fine-tuning's validation predictions), or None."""
         if self.restore(name, model):
             return None
@@ -99,12 +100,10 @@ class Run(records.Run):
         timer, info, *more = trained if isinstance(trained, tuple) else (trained, {})
         history = timer.history
         validation = (history["val_loss"][-1], history["val_accuracy"][-1]) if "val_accuracy" in history else None
-        if task.test is None:
-            scores = None
-        elif feed is None:
-            scores = model.evaluate(*task.test, batch_size=1024, verbose=0)
-        else:
-            scores = model.evaluate(feed(*task.test), verbose=0)
+        scores = None
+        if task.test is not None:  # one pass, its classes kept for evaluate_final's plots
+            inputs = task.test[0] if feed is None else feed(*task.test)
+            *scores, self.test_classes[name] = models.predict_scores(model, inputs, task.test[1], batch_size=1024)
         if stop is not None:
             fields["stopped_early"] = stop.stopped_at is not None
         entry = phases.summary(task.classes, task.samples, len(history["loss"]), timer, scores, model,
@@ -114,12 +113,15 @@ class Run(records.Run):
 
     def evaluate_final(self, model, task, feed, predicted, title):
         """The final model (the last transfer phase's) on held-out images: the task's test images when it has
-        them, else its validation images (`predicted`, their classes when the phase gave them, saves a pass).
+        them (their classes kept by `phase` when it trained here), else its validation images (`predicted`,
+        their classes when the phase gave them); a pass over the images only when neither is known.
         Writes confusion_matrix.png and sample_predictions.png, prints per-class precision, recall and F1, and
         records them as the record's "final" section, with the split they come from."""
         split = "test" if task.test is not None else "validation"
         x, y = getattr(task, split)
-        if split == "test" or predicted is None:
+        if split == "test":
+            predicted = self.test_classes.get(list(self.record["phases"])[-1])
+        if predicted is None:
             predicted = models.predict_classes(model, feed(x, y))
         plots.predictions(self.dir, x, y, predicted, task.classes, f"{title}, {split}, run {self.run_id}",
                           seed=self.seed)

@@ -1,7 +1,8 @@
 """The frozen-feature cache on disk: TF Hub's bottleneck files, for any frozen feature extractor.
 
 The frozen layers' output for a set of images depends only on the layers (their kind, shapes and
-weights) and on the images. Both are hashed into the cache key, so a rerun, a resumed run or a sweep
+weights) and on the images (their pixels; for image files, their paths, sizes and modification times, so a
+hit decodes nothing). Both are hashed into the cache key, so a rerun, a resumed run or a sweep
 that changes only the head, its epochs or its learning rate finds the features already computed and
 skips extraction entirely; anything that changes them (other weights, another cut, input size,
 preprocessing, other images) gives another key.
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from transferlab import data, files, progress
+from transferlab import images as image_files
 
 LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
 DEFAULT_LIMIT_GB = 10
@@ -32,7 +34,8 @@ def folder():
 
 def key(frozen, images, preprocessing):
     """The cache key: a sha256 of the frozen model's layers (class, output shape, weights), the images
-    (their bytes and shape, as they enter the pipeline), the name of the preprocessing applied and the
+    (their bytes and shape, as they enter the pipeline; for images.Files, the files' paths, sizes and
+    modification times: no pixel is decoded on a hit), the name of the preprocessing applied and the
     float policy the layers compute in (mixed precision gives other features)."""
     digest = hashlib.sha256()
     digest.update(f"{preprocessing}\n{images.shape}\n{images.dtype}\n{frozen.dtype_policy.name}\n".encode())
@@ -40,7 +43,10 @@ def key(frozen, images, preprocessing):
         digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
         for weight in layer.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    digest.update(np.ascontiguousarray(images).data)
+    if isinstance(images, image_files.Files):
+        digest.update(images.digest().encode())
+    else:
+        digest.update(np.ascontiguousarray(images).data)
     return digest.hexdigest()
 
 

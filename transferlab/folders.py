@@ -7,7 +7,8 @@
 The share that validates is chosen file by file by a hash of the file's path relative to its class folder
 (TF Hub's retrain.py does the same), so adding photos later never moves an old photo between training and
 validation. Files that cannot be decoded are skipped and reported, never fatal: a folder of photos gathered
-by hand nearly always holds one truncated download or a stray text file.
+by hand nearly always holds one truncated download or a stray text file. The images are decoded in the
+input pipelines, a batch at a time, never the whole folder at once.
 """
 
 import dataclasses
@@ -155,23 +156,25 @@ def listing(found, validation_split):
     return splits, [(p, "not an image file") for p in not_images]
 
 
-def load(directory, image_size, validation_split, seed=None):
+def load(directory, image_size, validation_split):
     """((x_train, y_train), (x_val, y_val), test, info) from an image folder in either layout (see above); test
-    is (x_test, y_test) when there is a test/ folder, else None. uint8 RGB images at image_size x image_size.
-    info goes into the record: where the data came from, its layout, a hash of the files used, class names,
-    counts, skipped files. (`seed` is not used: the split is a function of the file names alone.)"""
+    is (x_test, y_test) when there is a test/ folder, else None. Each x is an images.Files of the readable files
+    (uint8 RGB at image_size x image_size when a pipeline decodes them), so memory does not grow with the
+    folder: one pass (`images.scan`) finds the files that cannot be decoded, and they are skipped. info goes
+    into the record: where the data came from, its layout, a hash of the files used, class names, counts,
+    skipped files."""
     found = layout(directory)
     if not found.validation:
         check(0 < validation_split < 1, f"--validation_split={validation_split}: must be in (0, 1) when "
                                         f"{directory} has no validation/ folder")
     print(f"image folder {directory}: {found.describe(validation_split)}")
     splits, skipped = listing(found, validation_split)
-    print(f"decoding the images under {directory} at {image_size}x{image_size} ...")
     start = time.perf_counter()
     arrays, files, modes = {}, {}, []
     for split, (paths, labels) in splits.items():
-        x, kept, failed = images.decode(paths, (image_size, image_size))
-        skipped += [(paths[i], "cannot be decoded") for i in failed]
+        failed = set(images.scan(paths))
+        skipped += [(paths[i], "cannot be decoded") for i in sorted(failed)]
+        kept = [i for i in range(len(paths)) if i not in failed]
         files[split] = [(paths[i], os.path.getsize(paths[i]), labels[i]) for i in kept]
         modes += [data.image_mode(p) for p, _, _ in files[split]]
         y = np.array([labels[i] for i in kept], dtype=np.int64)
@@ -179,7 +182,7 @@ def load(directory, image_size, validation_split, seed=None):
         for label, name in enumerate(found.classes):
             check(np.any(y == label), f"{os.path.join(folder, name)} holds no readable images"
                   + (" for validation" if split == "validation" and not found.validation else ""))
-        arrays[split] = (x, y)
+        arrays[split] = (images.Files([paths[i] for i in kept], (image_size, image_size)), y)
     seconds = time.perf_counter() - start
     converted = data.report_conversions(modes, "RGB", directory)
     if skipped:
@@ -199,6 +202,6 @@ def load(directory, image_size, validation_split, seed=None):
         "skipped_count": len(skipped),
         "skipped_files": [{"path": os.path.relpath(p, directory), "reason": why} for p, why in skipped],
         "converted_images": converted,  # {colour mode: count} of images converted to RGB
-        "decode_seconds": round(seconds, 3),
+        "scan_seconds": round(seconds, 3),
     }
     return arrays["train"], arrays["validation"], arrays.get("test"), info

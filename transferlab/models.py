@@ -111,3 +111,18 @@ def predict_classes(model, inputs, batch_size=None):
     if probabilities.shape[-1] == 1:
         return (probabilities[:, 0] > 0.5).astype(np.int64)
     return probabilities.argmax(axis=-1)
+
+
+def predict_scores(model, inputs, y, batch_size=None):
+    """(loss, accuracy, classes) of a classifier on `inputs` with labels `y`, from one pass: what `evaluate`
+    gives (the loss compile_classifier chose), with the predicted classes too, so a held-out set that is also
+    plotted goes through the network once."""
+    probabilities = np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0), np.float32)
+    y = np.asarray(y)
+    if probabilities.shape[-1] == 1:
+        losses = keras.losses.binary_crossentropy(y[:, None].astype(np.float32), probabilities)
+        classes = (probabilities[:, 0] > 0.5).astype(np.int64)
+    else:
+        losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+        classes = probabilities.argmax(axis=-1)
+    return float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes

@@ -64,7 +64,8 @@ def sample_predictions(images, y_true, y_pred, class_names, path, title="", coun
     """A grid of `count` images picked with the seed, with true and predicted labels; wrong ones in red."""
     count = min(count, len(images))
     pick = np.random.default_rng(seed).permutation(len(images))[:count]
-    images, y_true, y_pred = images[pick], np.asarray(y_true)[pick], np.asarray(y_pred)[pick]
+    images = np.asarray(images[pick])  # images.Files are decoded here, these few only
+    y_true, y_pred = np.asarray(y_true)[pick], np.asarray(y_pred)[pick]
     columns = 4
     rows = max(1, -(-count // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
