@@ -62,6 +62,11 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
     # Fine-tuning from layer 100: the frozen layers below it ran once, the rest trained on their activations.
     assert phases["fine_tune"]["feature_cache"] == "memory"
     assert phases["fine_tune"]["cached_up_to"] == "block_10_project_BN"
+    # Both frozen passes ran in LiteRT (auto, on this CPU), each converted once into the cache.
+    assert record["inference_runtime"] == {"setting": "auto", "chosen": "litert", "reason": "CPU only, one replica"}
+    for name in ("transfer", "fine_tune"):
+        assert phases[name]["inference_runtime"] == "litert" and phases[name]["litert_conversion"] == "miss", name
+    assert len(glob.glob(str(cache_dir / "litert" / "*.tflite"))) == 2
     assert phases["transfer"]["trainable_params"] < phases["fine_tune"]["trainable_params"]
     assert phases["fine_tune"]["trainable_params"] < phases["scratch"]["trainable_params"]
     assert PLOTS <= set(os.listdir(folder))

@@ -26,8 +26,9 @@ def batches(x, size=16):
 
 def test_an_identical_rerun_hits_and_reads_the_same_features(cache_dir):
     model, x = frozen_model(), images()
-    first, status, seconds = feature_cache.cached(model, x, batches(x), "none")
+    first, status, seconds, info = feature_cache.cached(model, x, batches(x), "none")
     assert status == "miss" and seconds > 0 and first.shape == (40, 5) and first.dtype == np.float32
+    assert info == {"inference_runtime": "keras"}
     np.testing.assert_allclose(first, model.predict(x.astype("float32"), verbose=0), rtol=1e-6)
     assert isinstance(first, np.memmap)  # on disk, not one more copy in memory
 
@@ -35,7 +36,7 @@ def test_an_identical_rerun_hits_and_reads_the_same_features(cache_dir):
         raise AssertionError("a hit must not run the frozen layers")
         yield
 
-    again, status, _ = feature_cache.cached(frozen_model(), x, no_extraction(), "none")
+    again, status, _, _ = feature_cache.cached(frozen_model(), x, no_extraction(), "none")
     assert status == "hit"
     np.testing.assert_array_equal(again, first)
     assert sorted(os.listdir(cache_dir / "features")) == sorted(
@@ -56,12 +57,12 @@ def test_other_images_weights_or_preprocessing_miss(cache_dir):
 
 def test_a_truncated_entry_is_discarded_with_a_warning_and_rebuilt(cache_dir, capsys):
     model, x = frozen_model(), images()
-    good, _, _ = feature_cache.cached(model, x, batches(x), "none")
+    good, _, _, _ = feature_cache.cached(model, x, batches(x), "none")
     good = np.array(good)
     entry = cache_dir / "features" / f"{feature_cache.key(model, x, 'none')}.npy"
     with open(entry, "r+b") as f:
         f.truncate(os.path.getsize(entry) // 2)
-    rebuilt, status, _ = feature_cache.cached(model, x, batches(x), "none")
+    rebuilt, status, _, _ = feature_cache.cached(model, x, batches(x), "none")
     assert status == "miss" and "warning: discarding a damaged feature cache entry" in capsys.readouterr().out
     np.testing.assert_array_equal(rebuilt, good)
     assert feature_cache.cached(model, x, batches(x), "none")[1] == "hit"

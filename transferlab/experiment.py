@@ -19,7 +19,7 @@ named there: forgetting one costs a reuse, never a stale network.
 import contextlib
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, distribute, files, metrics, models, phases, plots, records, run_constants
+from transferlab import config, distribute, files, litert, metrics, models, phases, plots, records, run_constants
 
 import keras
 import numpy as np
@@ -45,7 +45,9 @@ def start(name, constants):
 class Experiment:
     def __init__(self, name, constants):
         self.name, self.config, self.seed = name, constants, constants["SEED"]
+        config.check_choice(INFERENCE_RUNTIME=(constants["INFERENCE_RUNTIME"], litert.SETTINGS))
         self.strategy = distribute.start(constants["DISTRIBUTE"], constants["MIXED_PRECISION"], constants["RESUME"])
+        self.inference = litert.Inference.choose(constants["INFERENCE_RUNTIME"], self.strategy.num_replicas_in_sync)
         self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
         self.resumed = records.find_resumable(self.results_dir, name, constants["RESUME"], constants)
         runtime.seed_everything(self.seed, constants["DETERMINISTIC"])
@@ -63,7 +65,7 @@ class Experiment:
                   for phase, later in (later_constants or {}).items()}
         with (Run(self.results_dir, self.name, self.config, runtime.environment(), data, resumed=self.resumed,
                   distribute=distribute.describe(self.strategy, batch_size), tensorboard=self.config["TENSORBOARD"],
-                  phase_inputs=inputs, **sections) as run,
+                  phase_inputs=inputs, inference=self.inference, **sections) as run,
               self.strategy.scope()):
             print(f"run {run.run_id}: {run.dir}")
             yield run
@@ -74,10 +76,11 @@ class Experiment:
 class Run(records.Run):
     """A run's record that also runs its phases (`phase`)."""
 
-    def __init__(self, *args, phase_inputs, **kwargs):
+    def __init__(self, *args, phase_inputs, inference, **kwargs):
         self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
+        self.inference = inference  # litert.Inference: the runtime of the frozen passes, and why
         self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, inference_runtime=inference.record(), **kwargs)
 
     def phase(self, name, model, train, task, *, feed=None, reuse=False, stop=None, **fields):
         """Phase `name` of `model`, whose weights are what the phase leaves:

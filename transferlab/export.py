@@ -26,7 +26,7 @@ import statistics
 import time
 
 from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, folders, images, predict, process
+from transferlab import files, folders, images, litert, predict, process
 from transferlab.config import UserError, check
 
 import keras
@@ -68,29 +68,6 @@ def sample(paths, labels, count, seed=0):
     return [paths[i] for i in keep], None if labels is None else [labels[i] for i in keep]
 
 
-class LiteRT:
-    """A .tflite file run by the LiteRT interpreter (ai-edge-litert; TensorFlow's own if it is missing), with
-    XNNPACK and a thread per core, on batches of any size."""
-
-    def __init__(self, path):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:  # the deprecated copy inside TensorFlow runs the same kernels
-            Interpreter = tf.lite.Interpreter  # noqa: N806
-        self.interpreter = Interpreter(model_path=path, num_threads=os.cpu_count() or 1)
-        self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
-        self.batch = None
-
-    def __call__(self, x):
-        if self.batch != len(x):
-            self.interpreter.resize_tensor_input(self.input["index"], [len(x), *x.shape[1:]])
-            self.interpreter.allocate_tensors()
-            self.batch = len(x)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
-        self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self.output["index"]), dtype=np.float32)
-
-
 def export_saved_model(model, path):
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(path, format="tf_saved_model", verbose=False)
@@ -115,7 +92,7 @@ def export_tflite(model, path, calibration, quantize):
         flatbuffer = converter.convert()
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(flatbuffer)
-    return LiteRT(path)
+    return litert.Runner(path)
 
 
 def export_onnx(model, path):

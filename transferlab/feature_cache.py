@@ -21,7 +21,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from transferlab import data, files, progress
+from transferlab import data, files, litert, models, progress
 from transferlab import images as image_files
 
 LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
@@ -32,36 +32,22 @@ def folder():
     return os.path.join(data.cache_dir(), "features")
 
 
-def key(frozen, images, preprocessing):
+def key(frozen, images, preprocessing, runtime="keras"):
     """The cache key: a sha256 of the frozen model's layers (class, output shape, weights), the images
     (their bytes and shape, as they enter the pipeline; for images.Files, the files' paths, sizes and
     modification times: no pixel is decoded on a hit), the name of the preprocessing applied and the
-    float policy the layers compute in (mixed precision gives other features)."""
+    float policy the layers compute in (mixed precision gives other features), and the runtime that computed
+    them (LiteRT's features differ from Keras's in the fifth decimal)."""
     digest = hashlib.sha256()
     digest.update(f"{preprocessing}\n{images.shape}\n{images.dtype}\n{frozen.dtype_policy.name}\n".encode())
-    for layer in _all_layers(frozen):
-        digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
-        for weight in layer.weights:
-            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    if runtime != "keras":  # so that the Keras path's entries keep the keys they had
+        digest.update(f"runtime {runtime}\n".encode())
+    models.fingerprint(frozen, digest)
     if isinstance(images, image_files.Files):
         digest.update(images.digest().encode())
     else:
         digest.update(np.ascontiguousarray(images).data)
     return digest.hexdigest()
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):  # a nested model (a backbone inside the feature extractor)
-            yield from _all_layers(layer)
-
-
-def _output_shape(layer):
-    try:
-        return tuple(layer.output.shape)
-    except (AttributeError, ValueError):
-        return None
 
 
 def load(entry):
@@ -87,20 +73,18 @@ def load(entry):
         return None
 
 
-def extract(frozen, batches, count, entry):
+def extract(frozen, batches, count, entry, run_batch=None):
     """Run `frozen` in inference mode over `batches` (images, or (images, labels) pairs; `count` images
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
-    them as a read-only memory map."""
+    them as a read-only memory map. `run_batch` (litert.Inference.batch_function) runs a batch; None: Keras."""
+    run_batch = run_batch or litert.KERAS.batch_function(frozen)[0]
+    batches = numpy_batches(batches)
     os.makedirs(os.path.dirname(entry), exist_ok=True)
     with files.replacing(f"{entry}.npy") as tmp, progress.Progress("features extracted", count) as shown:
         out, done = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
-            if tf.distribute.has_strategy():  # there predict_on_batch gives every replica the whole batch
-                result = frozen.predict(images, batch_size=len(images), verbose=0)  # (Keras 3.15)
-            else:
-                result = frozen.predict_on_batch(images)  # inference mode, without predict's per-call set-up
-            result = np.asarray(result, dtype=np.float32)
+            result = run_batch(np.asarray(images))
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *result.shape[1:]))
             out[done:done + len(result)] = result
@@ -114,6 +98,12 @@ def extract(frozen, batches, count, entry):
         checksum = files.sha256(tmp)
     files.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
     return np.load(f"{entry}.npy", mmap_mode="r", allow_pickle=False)
+
+
+def numpy_batches(batches):
+    """A tf.data pipeline's batches as numpy arrays (its numpy iterator: iterating it eagerly took twice as long
+    beside LiteRT, a side measurement), or `batches` as they are."""
+    return batches.as_numpy_iterator() if isinstance(batches, tf.data.Dataset) else batches
 
 
 def trim(limit_bytes):
@@ -136,15 +126,19 @@ def trim(limit_bytes):
         total -= size
 
 
-def cached(frozen, images, batches, preprocessing):
-    """The frozen features of `images` from the disk cache, extracted (from `batches`) on a miss:
-    (features as a read-only memory map, "hit" or "miss", seconds spent)."""
+def cached(frozen, images, batches, preprocessing, inference=litert.KERAS):
+    """The frozen features of `images` from the disk cache, extracted (from `batches`, by the runtime that
+    `inference`, a litert.Inference, chose) on a miss: (features as a read-only memory map, "hit" or "miss",
+    seconds spent, info for the record: the runtime that computed them)."""
     start = time.perf_counter()
-    entry = os.path.join(folder(), key(frozen, images, preprocessing))
+    entry = os.path.join(folder(), key(frozen, images, preprocessing, inference.chosen))
     features = load(entry)
     if features is not None:
         os.utime(f"{entry}.json")  # recently used: the last to be trimmed
-        return features, "hit", time.perf_counter() - start
-    features = extract(frozen, batches, len(images), entry)
+        return features, "hit", time.perf_counter() - start, {"inference_runtime": inference.chosen}
+    run_batch, info = inference.batch_function(frozen)
+    if info["inference_runtime"] != inference.chosen:  # fell back to Keras: file the features under its key
+        entry = os.path.join(folder(), key(frozen, images, preprocessing, info["inference_runtime"]))
+    features = extract(frozen, batches, len(images), entry, run_batch)
     trim(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
-    return features, "miss", time.perf_counter() - start
+    return features, "miss", time.perf_counter() - start, info

@@ -126,3 +126,27 @@ def predict_scores(model, inputs, y, batch_size=None):
         losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
         classes = probabilities.argmax(axis=-1)
     return float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes
+
+
+def fingerprint(model, digest):
+    """Feed what a frozen model computes into the hashlib `digest`: each layer's kind and output shape (nested
+    models' layers too) and its weights. Two models with equal fingerprints give the same outputs."""
+    for layer in _all_layers(model):
+        digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
+        for weight in layer.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model (a backbone inside the feature extractor)
+            yield from _all_layers(layer)
+
+
+def _output_shape(layer):
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import backbones, callbacks, data, distribute, extraction, feature_cache, models, records
+from transferlab import backbones, callbacks, data, distribute, extraction, feature_cache, litert, models, records
 
 
 class RunLike(Protocol):
@@ -21,6 +21,7 @@ class RunLike(Protocol):
 
     seed: int  # every epoch's batch order is a function of it and the epoch
     tensorboard: bool  # write TensorBoard logs of the phase
+    inference: litert.Inference  # which runtime the frozen passes use (optional: Keras without it)
 
     def file(self, name: str) -> str:
         """A path inside the run folder (histories, checkpoints, logs)."""
@@ -126,16 +127,23 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         # machine and miss on another, so with several workers each extracts, and nothing is written.
         cache = "memory"
 
+    inference = inference_of(run)
+    runtime_info = {}
+
     def extract(images, labels):
         """(features, where they came from, seconds)."""
         if cache == "disk":
             batches = feed(images, labels) if feed else (images[i:i + extraction.EXTRACT_BATCH]
                                                          for i in range(0, len(images), extraction.EXTRACT_BATCH))
-            return feature_cache.cached(features, images, batches, preprocessing)
+            found, status, seconds, info = feature_cache.cached(features, images, batches, preprocessing, inference)
+            runtime_info.update(info)
+            return found, status, seconds
+        run_batch, info = inference.batch_function(features)
+        runtime_info.update(info)
         if feed is None:
-            found, seconds = extraction.extract_features(features, images, batch_size=extraction.EXTRACT_BATCH)
+            found, seconds = extraction.extract_features(features, images, extraction.EXTRACT_BATCH, run_batch)
         else:
-            found, seconds = extraction.extract_features(features, feed(images, labels))
+            found, seconds = extraction.extract_features(features, feed(images, labels), run_batch=run_batch)
         return found, "memory", seconds
 
     f_train, status, seconds = extract(x, y)
@@ -146,7 +154,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         status = "miss" if "miss" in (status, val_status) else status  # "hit" only when nothing was extracted
     timer = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
     info = {"feature_cache": status, "batch_size": head_batch_size,
-            "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds}
+            "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds, **runtime_info}
     return timer, info, None if f_val is None else models.predict_classes(head, f_val)
 
 
@@ -179,15 +187,22 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
     rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
-    a_train, seconds = extraction.extract_features(bottom, feed(x, y))
-    a_val, val_seconds = extraction.extract_features(bottom, feed(*validation_data))
+    run_batch, runtime_info = inference_of(run).batch_function(bottom)
+    a_train, seconds = extraction.extract_features(bottom, feed(x, y), run_batch=run_batch)
+    a_val, val_seconds = extraction.extract_features(bottom, feed(*validation_data), run_batch=run_batch)
     # One step per call: unlike a small head's, these steps are long, and a 32-step loop of the backbone's
     # top took TensorFlow 42 s to trace for predict alone (block 6 on, a side measurement) against 7 s.
     timer = fit(run, phase, rest, a_train, y, validation_data=(a_val, validation_data[1]), batch_size=batch_size,
                 **options)
     info = {"feature_cache": "memory", "batch_size": batch_size, "cached_up_to": bottom.layers[-1].name,
-            "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds}
+            "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds,
+            **runtime_info}
     return timer, info, models.predict_classes(rest, a_val)
+
+
+def inference_of(run):
+    """The run's litert.Inference; Keras for a stand-in run that has none."""
+    return getattr(run, "inference", litert.KERAS)
 
 
 def trainable_params(model):

@@ -18,7 +18,7 @@ import os
 import sys
 
 from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, images, process, progress
+from transferlab import files, images, litert, process, progress
 from transferlab.config import UserError, check
 
 import keras
@@ -63,14 +63,16 @@ def image_paths(paths):
     return found, others
 
 
-def classify(model, paths, batch_size=64, bar=False):
+def classify(model, paths, batch_size=64, bar=False, run_batch=None):
     """(probabilities of each decoded image, their indices into `paths`, the indices that failed to decode).
-    A progress bar with `bar` (when stdout is a terminal), else one line on stderr at the end."""
+    `run_batch` (litert.Inference.batch_function) classifies a batch; None: Keras. A progress bar with `bar`
+    (when stdout is a terminal), else one line on stderr at the end."""
     height, width, channels = model.input_shape[1:]
+    run_batch = run_batch or litert.KERAS.batch_function(model)[0]
     kept, results = [], []
     with progress.Progress("classified", len(paths), bar=bar) as shown:
         for indices, batch in images.stream(paths, (height, width), channels, batch=batch_size):
-            results.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
+            results.append(run_batch(batch))
             kept.append(indices)
             shown.add(len(indices))
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
@@ -112,6 +114,8 @@ def main(argv=None):
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     parser.add_argument("--batch_size", type=int, default=64, help="images decoded and classified at once")
     parser.add_argument("--out", help="write the rows to this file (atomically) instead of stdout")
+    parser.add_argument("--inference_runtime", choices=litert.SETTINGS, default="auto",
+                        help="litert (XNNPACK, converted once and cached) or keras; auto: litert on a CPU")
     parser.add_argument("--results_dir", default="results", help="where run ids and latest are looked up")
     parser.add_argument("--experiment", help="with latest: the experiment (mnist, cifar10, mobilenet, inception)")
     args = parser.parse_args(argv)
@@ -124,7 +128,8 @@ def main(argv=None):
     model = keras.saving.load_model(os.path.join(folder, MODEL), compile=False, safe_mode=True)
     check(len(labels) == model.output_shape[-1], f"{LABELS} has {len(labels)} labels, the model "
                                                  f"{model.output_shape[-1]} outputs")
-    probabilities, kept, failed = classify(model, paths, args.batch_size, bar=bool(args.out))
+    run_batch, _ = litert.Inference.choose(args.inference_runtime).batch_function(model)
+    probabilities, kept, failed = classify(model, paths, args.batch_size, bar=bool(args.out), run_batch=run_batch)
     text = render(rows(paths, probabilities, kept, labels, min(args.top_k, len(labels))), args.format)
     if args.out:
         files.write_text(args.out, text)

@@ -7,6 +7,7 @@ SEED = 42  # one seed for Python, numpy and TensorFlow, and for any shuffle or s
 DETERMINISTIC = False  # also make TensorFlow ops deterministic: identical reruns on the same hardware
 DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker (cluster in TF_CONFIG) or tpu
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
+INFERENCE_RUNTIME = "auto"  # frozen passes in litert (XNNPACK) or keras; auto: litert on a CPU with one replica
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/<experiment>/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder
