@@ -81,7 +81,7 @@ def feature_layers():
     ]
 
 
-def head(num_classes):
+def dense_head(num_classes):
     return [
         keras.layers.Dropout(0.42),
         keras.layers.Dense(128, activation="relu"),
@@ -103,7 +103,7 @@ with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_con
     #    the last epoch's; test scores on raw images through the whole network.
     print(f"\n== base: {task_a.samples} images of {[CLASS_NAMES[c] for c in TASK_A_CLASSES]}, {EPOCHS} epochs")
     features = models.stack(IMAGE, feature_layers(), name="features")
-    base = models.stack(IMAGE, [*augmentation(), features, *head(len(TASK_A_CLASSES))], name="base")
+    base = models.stack(IMAGE, [*augmentation(), features, *dense_head(len(TASK_A_CLASSES))], name="base")
     run.phase("base", base, lambda: phases.fit(run, "base", base, *task_a.train, validation_data=task_a.validation,
                                                **options), task_a, reuse=REUSE_BASE, batch_size=BATCH_SIZE)
 
@@ -112,7 +112,7 @@ with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_con
     #    (in memory: they were trained in this run), then only the rest trains on their output.
     print(f"\n== transfer: {task_b.samples} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, "
           f"{frozen_count} of {len(features.layers)} feature layers frozen")
-    frozen, new_head, transfer = models.transfer(features, frozen_count, head(len(TASK_B_CLASSES)), LEARNING_RATE)
+    frozen, new_head, transfer = models.transfer(features, frozen_count, dense_head(len(TASK_B_CLASSES)), LEARNING_RATE)
     run.phase("transfer", transfer, lambda: phases.fit_head(
         run, "transfer", frozen, new_head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
         head_batch_size=HEAD_BATCH_SIZE, validation_data=task_b.validation, augmentation=augmentation(), **options),
@@ -124,7 +124,8 @@ with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_con
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         print(f"\n== scratch: {task_b.samples} images of task B, random init, {EPOCHS} epochs")
-        scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *head(len(TASK_B_CLASSES))], name="scratch")
+        scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *dense_head(len(TASK_B_CLASSES))],
+                               name="scratch")
         run.phase("scratch", scratch, lambda: phases.fit(run, "scratch", scratch, *task_b.train,
                                                          validation_data=task_b.validation, **options),
                   task_b, batch_size=BATCH_SIZE)

@@ -180,7 +180,7 @@ def harness_overhead(x, y, work, epochs, batch_size, rounds):
     for round_ in range(rounds):
         ours = phases.fit(Run(os.path.join(work, f"harness{round_}"), 0), "base", cnn(), x, y, epochs=epochs,
                           batch_size=batch_size, learning_rate=1e-3)
-        bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), callbacks.EpochTimer()
+        bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), callbacks.PhaseHistory()
         bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
         ours_seconds.append(statistics.median(ours.epoch_seconds[1:]))
         bare_seconds.append(statistics.median(bare_timer.epoch_seconds[1:]))
@@ -263,7 +263,7 @@ def bottom_pass(backbone, ready, batch_size, fine_tune_at=100, rounds=3):
     below it run once over the images): Keras predict vs the runtime `auto` picks, on the same images in
     memory, alternating rounds."""
     backbones.unfreeze(backbone, fine_tune_at)
-    bottom, _ = backbones.split(backbone)
+    bottom, _ = backbones.frozen_bottom(backbone)
     runtime_name = litert.Inference.choose("auto").chosen
     start = time.perf_counter()
     run_batch = (litert.Runner(content=litert.convert(bottom)) if runtime_name == "litert"

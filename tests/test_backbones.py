@@ -124,7 +124,7 @@ def test_pipeline_preprocesses_once_and_shuffles_only_for_training():
 def test_split_cuts_where_one_tensor_crosses_and_computes_the_backbone():
     backbone, _ = small_mobilenet()
     backbones.unfreeze(backbone, 100)  # block 11's first trainable layer; its shortcut from block 10 crosses too
-    bottom, top = backbones.split(backbone)
+    bottom, top = backbones.frozen_bottom(backbone)
     assert bottom.layers[-1].name == "block_10_project_BN" and bottom.trainable_weights == []
     assert [id(w) for w in top.trainable_weights] == [id(w) for w in backbone.trainable_weights]  # the same variables
     x = np.random.default_rng(0).uniform(-1, 1, size=(4, 32, 32, 3)).astype("float32")
@@ -132,12 +132,13 @@ def test_split_cuts_where_one_tensor_crosses_and_computes_the_backbone():
                                rtol=1e-5, atol=1e-5)
 
     backbones.unfreeze(backbone, 56)  # block 6 has no shortcut: the cut is right before its first trainable layer
-    assert backbones.split(backbone)[0].layers[-1].name == "block_6_pad"  # (expand_relu and pad have no weights)
+    # (expand_relu and pad have no weights)
+    assert backbones.frozen_bottom(backbone)[0].layers[-1].name == "block_6_pad"
     assert backbone.get_layer("block_6_depthwise").trainable_weights
     backbones.unfreeze(backbone, 0)  # everything trains: nothing to cut off
-    assert backbones.split(backbone) == (None, None)
+    assert backbones.frozen_bottom(backbone) == (None, None)
     backbones.unfreeze(backbone, "out_relu")  # nothing with weights trains
-    assert backbones.split(backbone) == (None, None)
+    assert backbones.frozen_bottom(backbone) == (None, None)
 
 
 def test_split_never_caches_past_a_layer_that_is_random_while_training():
@@ -147,6 +148,6 @@ def test_split_never_caches_past_a_layer_that_is_random_while_training():
     x = keras.layers.Dense(4, name="also_frozen")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="trains")(x))
     backbones.unfreeze(model, "trains")
-    bottom, top = backbones.split(model)
+    bottom, top = backbones.frozen_bottom(model)
     assert bottom.layers[-1].name == "frozen_dense" and [layer.name for layer in top.layers[1:]] == [
         "drop", "also_frozen", "trains"]

@@ -7,19 +7,19 @@ from transferlab import data
 from transferlab.config import UserError
 
 
-def test_split_task_keeps_only_the_classes_and_remaps_them_in_order():
+def test_a_task_keeps_only_its_classes_remapped_in_list_order():
     x = np.arange(20).reshape(20, 1)
     y = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 2)
-    xb, yb = data.split_task(x, y, [7, 8, 9])
+    xb, yb = data.of_classes(x, y, [7, 8, 9])
     assert xb[:, 0].tolist() == [7, 8, 9, 17, 18, 19]
     assert yb.tolist() == [0, 1, 2, 0, 1, 2]
-    xr, yr = data.split_task(x, y, [9, 7])  # the order of the list is the label order
+    xr, yr = data.of_classes(x, y, [9, 7])  # the order of the list is the label order
     assert xr[:, 0].tolist() == [7, 9, 17, 19]
     assert yr.tolist() == [1, 0, 1, 0]
 
 
-def test_split_task_of_absent_classes_is_empty():
-    xb, yb = data.split_task(np.zeros((3, 2)), np.array([0, 1, 2]), [7, 8])
+def test_a_task_of_absent_classes_is_empty():
+    xb, yb = data.of_classes(np.zeros((3, 2)), np.array([0, 1, 2]), [7, 8])
     assert xb.shape == (0, 2) and yb.shape == (0,)
 
 

@@ -113,10 +113,10 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32(tmp_path):
                                          models.output_layer(3)], name="m")
         x = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
         y = np.arange(64) % 3
-        timer = phases.fit(FakeRun(tmp_path), "p", model, x, y, epochs=1, batch_size=16, learning_rate=0.01)
+        fitted = phases.fit(FakeRun(tmp_path), "p", model, x, y, epochs=1, batch_size=16, learning_rate=0.01)
         assert model.layers[0].compute_dtype == "bfloat16"
         assert model.layers[-1].compute_dtype == "float32" and model.predict(x, verbose=0).dtype == np.float32
-        assert np.isfinite(timer.history["loss"]).all()
+        assert np.isfinite(fitted.history["loss"]).all()
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -33,15 +33,15 @@ def test_frozen_count_refuses_what_is_not_there(value, message):
         models.frozen_count(features(), value)
 
 
-def test_split_frozen_keeps_the_weights_and_freezes_only_the_first_layers():
+def test_freeze_first_keeps_the_weights_and_freezes_only_the_first_layers():
     model = features()
-    frozen, trainable = models.split_frozen(model, 1)
+    frozen, trainable = models.freeze_first(model, 1)
     assert [layer.name for layer in frozen.layers] == ["c1"] and [layer.name for layer in trainable] == ["c2", "flat"]
     assert frozen.trainable_weights == [] and all(layer.trainable for layer in trainable)
     x = np.random.default_rng(0).random((2, 10, 10, 1)).astype(np.float32)
     rest = models.stack(frozen.output_shape[1:], trainable, name="rest")
     np.testing.assert_allclose(rest(frozen(x)), model(x), rtol=1e-6)  # the same network, cut in two
-    assert models.split_frozen(model, 0)[0] is None and not any(w for w in model.non_trainable_weights)
+    assert models.freeze_first(model, 0)[0] is None and not any(w for w in model.non_trainable_weights)
 
 
 def transfer_phase(results):

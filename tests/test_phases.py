@@ -32,30 +32,30 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     y = np.arange(64) % 3
     model = tiny_model()
     run = FakeRun(tmp_path)
-    timer = phases.fit(run, "demo", model, x, y, epochs=3, batch_size=16, learning_rate=0.01)
-    assert len(timer.history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
-    assert timer.history["epoch"] == [0, 1, 2] and run.notes == [("demo", 1), ("demo", 2), ("demo", 3)]
-    assert len(timer.epoch_seconds) == 3
-    assert timer.fit_seconds >= sum(timer.epoch_seconds) > 0
+    fitted = phases.fit(run, "demo", model, x, y, epochs=3, batch_size=16, learning_rate=0.01)
+    assert len(fitted.history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
+    assert fitted.history["epoch"] == [0, 1, 2] and run.notes == [("demo", 1), ("demo", 2), ("demo", 3)]
+    assert len(fitted.epoch_seconds) == 3
+    assert fitted.fit_seconds >= sum(fitted.epoch_seconds) > 0
     assert (tmp_path / "history_demo.csv").read_text().splitlines()[0].startswith("epoch,")
 
     test = model.evaluate(x, y, verbose=0)
-    summary = phases.summary([7, 8, 9], x, 3, timer, test, model, extra_seconds=1.5, batch_size=16)
+    summary = phases.summary([7, 8, 9], x, 3, fitted, test, model, extra_seconds=1.5, batch_size=16)
     assert summary["classes"] == [7, 8, 9] and summary["train_samples"] == 64 and summary["epochs"] == 3
-    assert summary["train_seconds"] == round(timer.fit_seconds + 1.5, 3)
-    assert summary["first_epoch_seconds"] == round(timer.epoch_seconds[0], 3)
-    assert summary["steady_epoch_seconds"] == round(float(np.median(timer.epoch_seconds[1:])), 3)
+    assert summary["train_seconds"] == round(fitted.fit_seconds + 1.5, 3)
+    assert summary["first_epoch_seconds"] == round(fitted.epoch_seconds[0], 3)
+    assert summary["steady_epoch_seconds"] == round(float(np.median(fitted.epoch_seconds[1:])), 3)
     assert summary["trainable_params"] == 4 * 3 + 3 and summary["batch_size"] == 16
     assert summary["test_accuracy"] == test[1]
 
 
 def test_each_epoch_logs_the_learning_rate_of_its_last_step(tmp_path):
     x = np.random.default_rng(0).random((64, 4)).astype("float32")  # 4 steps an epoch at batch 16
-    timer = phases.fit(FakeRun(tmp_path), "demo", tiny_model(), x, np.arange(64) % 3, epochs=4, batch_size=16,
+    fitted = phases.fit(FakeRun(tmp_path), "demo", tiny_model(), x, np.arange(64) % 3, epochs=4, batch_size=16,
                        learning_rate=0.01, schedule="cosine")
     # cosine from 0.01 to 0 over 16 steps, read after steps 4, 8, 12, 16
     expected = [0.01 * (1 + np.cos(np.pi * step / 16)) / 2 for step in (4, 8, 12, 16)]
-    assert timer.history["learning_rate"] == pytest.approx(expected, abs=1e-7)
+    assert fitted.history["learning_rate"] == pytest.approx(expected, abs=1e-7)
     logged = records.read_history(tmp_path / "history_demo.csv")["learning_rate"]
     assert logged == pytest.approx(expected, abs=1e-7)
 
@@ -92,13 +92,13 @@ def test_validation_on_cached_features_is_the_whole_models(cache, tmp_path):
     head = models.stack((8,), [keras.layers.Dense(3, activation="softmax")], name="h")
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 6)).astype(np.float32), np.arange(96) % 3
-    timer, info, _ = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
+    fitted, info, _ = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
                                   head_batch_size=16, learning_rate=0.05, validation_data=(x[:40], y[:40]))
     whole = models.compile_classifier(models.stack((6,), [frozen, head], name="whole"), 0.05)
     loss, accuracy = whole.evaluate(x[:40], y[:40], verbose=0)
     assert info["feature_cache"] == ("memory" if cache == "memory" else "miss")
-    assert timer.history["val_accuracy"][-1] == pytest.approx(accuracy)
-    assert timer.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
+    assert fitted.history["val_accuracy"][-1] == pytest.approx(accuracy)
+    assert fitted.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -137,11 +137,11 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
         model = models.stack((32, 32, 3), [features, head], name="model")
         backbones.unfreeze(backbone, 100)
         (tmp_path / name).mkdir()
-        timer, info, predicted = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
+        fitted, info, predicted = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
                                        keras.layers.GlobalAveragePooling2D(), head, x[:18], y[:18], cache=cache,
                                        validation_data=(x[18:], y[18:]), feed=feed, batch_size=8, epochs=2,
                                        initial_epoch=1, learning_rate=1e-3)
-        runs[name] = model.get_weights(), timer.history, info
+        runs[name] = model.get_weights(), fitted.history, info
         # the validation predictions it returns (for the plots) are the trained whole model's
         np.testing.assert_array_equal(predicted, models.predict_classes(model, feed(x[18:], y[18:])))
     cached = runs["cached"][2]

@@ -204,7 +204,7 @@ def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path
     x = np.random.default_rng(0).normal(size=(100, 6)).astype("float32")
     y = np.arange(100) % 3
     straight = dropout_model()
-    timer = phases.fit(Run(tmp_path / "a"), "p", straight, x, y, epochs=4, batch_size=16, learning_rate=0.01,
+    fitted = phases.fit(Run(tmp_path / "a"), "p", straight, x, y, epochs=4, batch_size=16, learning_rate=0.01,
                        steps_per_execution=3)  # 7 steps an epoch: executions must not cross epochs
 
     class StopAfterTwo(keras.callbacks.Callback):
@@ -218,7 +218,7 @@ def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path
     resumed = dropout_model()
     resumed_timer = phases.fit(Run(tmp_path / "b"), "p", resumed, x, y, epochs=4, batch_size=16,
                                learning_rate=0.01, steps_per_execution=3)
-    assert resumed_timer.history == timer.history and len(resumed_timer.epoch_seconds) == 4
+    assert resumed_timer.history == fitted.history and len(resumed_timer.epoch_seconds) == 4
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy()) == 28
     for a, b in zip(straight.weights, resumed.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -163,7 +163,7 @@ RANDOM_WHILE_TRAINING = (keras.layers.Dropout, keras.layers.SpatialDropout2D, ke
                          keras.layers.GaussianDropout, keras.layers.AlphaDropout)
 
 
-def split(backbone):
+def frozen_bottom(backbone):
     """(bottom, top): the backbone, after `unfreeze`, cut in two where fine-tuning can start from cached
     activations: `bottom` (images -> activations) holds only frozen layers, `top` (activations -> the
     backbone's output) the rest, the same layer objects, so training `top` trains the backbone.

@@ -17,7 +17,7 @@ from transferlab import files, records
 VERBOSE = 1 if sys.stdout.isatty() else 0
 
 
-class EpochTimer(keras.callbacks.Callback):
+class PhaseHistory(keras.callbacks.Callback):
     """Wall-clock seconds of each epoch and of the whole `fit`, and the history of every epoch.
 
     A phase resumed after an interruption starts from the times and history of the epochs it had
@@ -120,9 +120,9 @@ class Checkpoint(keras.callbacks.Callback):
     are written under a temporary name and renamed, weights first, then the JSON that makes them count.
     """
 
-    def __init__(self, run, phase, timer):
+    def __init__(self, run, phase, fitted):
         super().__init__()
-        self.run, self.phase, self.timer = run, phase, timer
+        self.run, self.phase, self.fitted = run, phase, fitted
         self.folder = run.file(os.path.join("checkpoints", phase))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -132,9 +132,9 @@ class Checkpoint(keras.callbacks.Callback):
         files.write_json(os.path.join(self.folder, f"epoch-{done:04d}.json"), {
             "epochs_finished": done,
             "random_states": [np.asarray(v.numpy()).tolist() for v in random_states(self.model)],
-            "epoch_seconds": self.timer.epoch_seconds,
-            "fit_seconds": self.timer.fit_seconds,
-            "history": self.timer.history,
+            "epoch_seconds": self.fitted.epoch_seconds,
+            "fit_seconds": self.fitted.fit_seconds,
+            "history": self.fitted.history,
         })
         for name in os.listdir(self.folder):  # only the newest checkpoint is needed
             if name.startswith("epoch-") and not name.startswith(f"epoch-{done:04d}."):

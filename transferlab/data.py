@@ -284,7 +284,7 @@ def take_per_class(x, y, per_class, seed):
     return x[keep], y[keep]
 
 
-def split_task(x, y, classes):
+def of_classes(x, y, classes):
     """The samples whose label is in `classes`, with labels remapped to 0..len(classes)-1 in that order.
 
     Task B = digits [7, 8, 9] gives labels 7->0, 8->1, 9->2, so a 3-way softmax head can learn them.
@@ -340,18 +340,18 @@ class Task:
 def tasks(train, test, task_a_classes, task_b_classes, seed, validation_fraction=None, task_b_samples_per_class=None):
     """The two tasks of a transfer experiment, (task A, task B) as Tasks, from a dataset's (x, y) `train` and
     `test` arrays: each with only its classes, labels remapped
-    to 0..n-1 (split_task) and images scaled to [0, 1]. With `validation_fraction`, each task's training
+    to 0..n-1 (of_classes) and images scaled to [0, 1]. With `validation_fraction`, each task's training
     images are shuffled with `seed` and that share held out (train_validation_split); then
     `task_b_samples_per_class` cuts task B's training images (take_per_class). An empty split is a UserError."""
     found = []
     for task, classes in (("a", task_a_classes), ("b", task_b_classes)):
-        x, y = split_task(*train, classes)
+        x, y = of_classes(*train, classes)
         splits = {"train": (x, y)}
         if validation_fraction is not None:
             splits["train"], splits["validation"] = train_validation_split(x, y, validation_fraction, seed)
         if task == "b" and task_b_samples_per_class is not None:  # fewer training images; the rest whole
             splits["train"] = take_per_class(*splits["train"], task_b_samples_per_class, seed)
-        splits["test"] = split_task(*test, classes)
+        splits["test"] = of_classes(*test, classes)
         for split, (x, _) in splits.items():
             check(len(x) > 0, f"task {task.upper()} {split} is empty: no images of classes {classes}")
         found.append(Task(list(classes), **{split: (scale_images(x), y) for split, (x, y) in splits.items()}))

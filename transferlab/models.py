@@ -38,7 +38,7 @@ def frozen_count(features, freeze_up_to):
     return freeze_up_to
 
 
-def split_frozen(features, count):
+def freeze_first(features, count):
     """(frozen, trainable): the first `count` feature layers frozen, as one model for the feature cache
     (None when there are none), and the list of the layers after them, trainable, for the new head to
     start with. The layers keep their weights: both parts are the transferred network, cut in two."""
@@ -49,9 +49,9 @@ def split_frozen(features, count):
 
 
 def transfer(features, count, head_layers, learning_rate, head_name="head_b"):
-    """(frozen, head, model) for a transfer phase: the first `count` layers of `features` frozen (split_frozen),
+    """(frozen, head, model) for a transfer phase: the first `count` layers of `features` frozen (freeze_first),
     a head of the layers after them and `head_layers`, and the compiled model, images -> frozen -> head."""
-    frozen, trainable = split_frozen(features, count)
+    frozen, trainable = freeze_first(features, count)
     image = features.input_shape[1:]
     head = stack(frozen.output_shape[1:] if frozen else image, [*trainable, *head_layers], name=head_name)
     model = stack(image, [frozen, head] if frozen else [head], name="transfer")

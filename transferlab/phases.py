@@ -34,9 +34,10 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         steps_per_execution=1, optimizer="adam", schedule="constant", class_weight=None, initial_epoch=0,
         more_callbacks=()):
     """`model.fit` for one phase: compile first (Keras fixes the trainable weights at compile time, so
-    this must follow any change to `trainable`), then fit with the phase's timer, CSV history, NaN guard
-    and per-epoch checkpoint. A phase that continues another (fine-tuning) starts at `initial_epoch`, so
-    its epochs go on numbering; a phase interrupted before goes on from its last finished epoch.
+    this must follow any change to `trainable`), then fit with the phase's PhaseHistory (seconds and metrics
+    of each epoch), CSV history, NaN guard and per-epoch checkpoint. A phase that continues another
+    (fine-tuning) starts at `initial_epoch`, so its epochs go on numbering; a phase interrupted before goes
+    on from its last finished epoch.
     The learning rate follows `schedule` (models.SCHEDULES) over the phase's `epochs`, counted in optimizer
     steps (restored with the checkpoint, so a resumed phase goes on where its schedule was). `class_weight`
     ({class: weight}, data.class_weights) weighs each image's loss by its class.
@@ -44,7 +45,7 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     Images (`x`, `y` arrays, and `validation_data`) go into the model in batches of `batch_size`, each
     epoch in its own seeded order (data.epoch_batches), or through `feed(x, y, first_epoch)`, a tf.data
     pipeline that does the same plus a backbone's preprocessing (backbones.pipeline).
-    Returns the phase's EpochTimer, with the history of every epoch.
+    Returns the phase's PhaseHistory, with the history of every epoch.
     """
     if tf.distribute.has_strategy():  # Keras 3.15 fails to run several steps per call under a tf.distribute
         steps_per_execution = 1       # strategy ("You must feed a value for placeholder"), so one per call
@@ -55,9 +56,9 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     state = callbacks.restore_checkpoint(run, phase, model)
     history_csv = run.file(f"history_{phase}.csv")
     if state is None:
-        timer = callbacks.EpochTimer()
+        fitted = callbacks.PhaseHistory()
     else:
-        timer = callbacks.EpochTimer(state["epoch_seconds"], state["fit_seconds"], state["history"])
+        fitted = callbacks.PhaseHistory(state["epoch_seconds"], state["fit_seconds"], state["history"])
         initial_epoch = state["epochs_finished"]
         records.truncate_history(history_csv, initial_epoch)  # drop any epoch logged after the checkpoint
     if feed is None:  # batch_size is per replica; one step takes a batch for each
@@ -69,9 +70,9 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
         train, validation = feed(x, y, initial_epoch), validation_data and feed(*validation_data)
     phase_callbacks = [  # in this order: the learning rate is logged, then the CSV row written before the checkpoint
         callbacks.LearningRateLog(),
-        timer,
+        fitted,
         keras.callbacks.CSVLogger(history_csv, append=state is not None),
-        callbacks.Checkpoint(run, phase, timer),
+        callbacks.Checkpoint(run, phase, fitted),
         callbacks.EpochLog(end, show=callbacks.VERBOSE == 0),
     ]
     if run.tensorboard:  # epoch-level scalars per phase: `tensorboard --logdir results/` shows every run
@@ -80,10 +81,10 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
     model.fit(train, epochs=end, initial_epoch=initial_epoch, validation_data=validation, shuffle=False,
               class_weight=class_weight,
               callbacks=[*phase_callbacks, *more_callbacks], verbose=callbacks.VERBOSE)
-    if not np.all(np.isfinite(timer.history.get("loss", []))):  # EpochLog stopped it: the phase failed
+    if not np.all(np.isfinite(fitted.history.get("loss", []))):  # EpochLog stopped it: the phase failed
         raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
-                                 f"{timer.history['epoch'][-1] + 1}; try a lower learning rate")
-    return timer
+                                 f"{fitted.history['epoch'][-1] + 1}; try a lower learning rate")
+    return fitted
 
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
@@ -106,7 +107,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
 
     `preprocessing` (None: the feed's own name for it, backbones.Feed) is part of the disk cache's key.
 
-    Returns (timer, info, predicted); info goes into the phase record: feature_cache ("hit", "miss", "memory"
+    Returns (PhaseHistory, info, predicted); info goes into the phase record: feature_cache ("hit", "miss", "memory"
     or "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`);
     predicted, the trained head's classes of the validation images from their cached features (None without
     a cache or validation images).
@@ -119,8 +120,8 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         parts = [*augmentation, head] if features is None else [*augmentation, features, head]
         first = head if features is None else features
         model = models.stack(first.input_shape[1:], parts, name=f"{phase}_frozen")
-        timer = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
-        return timer, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}, None
+        fitted = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
+        return fitted, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}, None
 
     if cache == "disk" and distribute.workers() > 1:
         # Extraction is a collective step every worker must take together; a disk cache could hit on one
@@ -152,27 +153,27 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         f_val, val_status, val_seconds = extract(*validation_data)
         options["validation_data"], seconds = (f_val, validation_data[1]), seconds + val_seconds
         status = "miss" if "miss" in (status, val_status) else status  # "hit" only when nothing was extracted
-    timer = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
+    fitted = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
     info = {"feature_cache": status, "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds, **runtime_info}
-    return timer, info, None if f_val is None else models.predict_classes(head, f_val)
+    return fitted, info, None if f_val is None else models.predict_classes(head, f_val)
 
 
 def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, validation_data, feed, batch_size,
               **options):
     """Phase `phase`: go on training `model` (images -> `backbone` -> `pooling` -> `head`) after
-    backbones.unfreeze. With `cache`, the backbone's frozen bottom (backbones.split) runs once over the
+    backbones.unfreeze. With `cache`, the backbone's frozen bottom (backbones.frozen_bottom) runs once over the
     training and validation images (`feed(x, y)` pipelines) and the rest of the model (its top, `pooling`
     (a new layer without weights is fine), `head`: the same layers) trains on those activations, held in
     memory: the same computation as the whole model's, without the frozen layers in every epoch. Without
     `cache` (an augmented run, whose images change every epoch), when nothing before the unfrozen layers
     can be cut off, or above extraction.ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
 
-    Returns (timer, info, predicted): info for the phase record as fit_head's, saying feature_cache
+    Returns (PhaseHistory, info, predicted): info for the phase record as fit_head's, saying feature_cache
     ("memory" or "off") and where the cut is; predicted, the trained model's classes of the validation
     images (from their activations when cached: no second pass of the backbone for the plots).
     """
-    bottom, top = backbones.split(backbone) if cache else (None, None)
+    bottom, top = backbones.frozen_bottom(backbone) if cache else (None, None)
     if bottom is not None:
         size = (len(x) + len(validation_data[0])) * int(np.prod(top.input_shape[1:])) * 4
         if size > extraction.ACTIVATION_CACHE_BYTES:
@@ -180,10 +181,10 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
                   f"whole backbone")
             bottom = None
     if bottom is None:
-        timer = fit(run, phase, model, x, y, validation_data=validation_data, feed=feed, batch_size=batch_size,
+        fitted = fit(run, phase, model, x, y, validation_data=validation_data, feed=feed, batch_size=batch_size,
                     **options)
         info = {"feature_cache": "off", "batch_size": batch_size}
-        return timer, info, models.predict_classes(model, feed(*validation_data))
+        return fitted, info, models.predict_classes(model, feed(*validation_data))
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
     rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
@@ -192,12 +193,12 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     a_val, val_seconds = extraction.extract_features(bottom, feed(*validation_data), run_batch=run_batch)
     # One step per call: unlike a small head's, these steps are long, and a 32-step loop of the backbone's
     # top took TensorFlow 42 s to trace for predict alone (block 6 on, a side measurement) against 7 s.
-    timer = fit(run, phase, rest, a_train, y, validation_data=(a_val, validation_data[1]), batch_size=batch_size,
+    fitted = fit(run, phase, rest, a_train, y, validation_data=(a_val, validation_data[1]), batch_size=batch_size,
                 **options)
     info = {"feature_cache": "memory", "batch_size": batch_size, "cached_up_to": bottom.layers[-1].name,
             "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds,
             **runtime_info}
-    return timer, info, models.predict_classes(rest, a_val)
+    return fitted, info, models.predict_classes(rest, a_val)
 
 
 def inference_of(run):
@@ -209,7 +210,7 @@ def trainable_params(model):
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
-def summary(classes, samples, epochs, timer, test, model, extra_seconds=0.0, validation=None, **more):
+def summary(classes, samples, epochs, fitted, test, model, extra_seconds=0.0, validation=None, **more):
     """The phase's entry in record.json; `samples` is the training images (or their count).
 
     `test` and `validation` (either may be None: an image folder has no test set) are (loss, accuracy)
@@ -220,12 +221,12 @@ def summary(classes, samples, epochs, timer, test, model, extra_seconds=0.0, val
         more = {"val_loss": float(validation[0]), "val_accuracy": float(validation[1]), **more}
     if test is not None:
         more = {"test_loss": float(test[0]), "test_accuracy": float(test[1]), **more}
-    seconds = timer.epoch_seconds
+    seconds = fitted.epoch_seconds
     return {
         "classes": list(classes),
         "train_samples": samples if isinstance(samples, int) else len(samples),
         "epochs": epochs,
-        "train_seconds": round(timer.fit_seconds + extra_seconds, 3),
+        "train_seconds": round(fitted.fit_seconds + extra_seconds, 3),
         "first_epoch_seconds": round(seconds[0], 3) if seconds else None,
         "steady_epoch_seconds": round(statistics.median(seconds[1:]), 3) if len(seconds) > 1 else None,
         "trainable_params": trainable_params(model),
