@@ -582,7 +582,7 @@ def main(argv=None):
     if 8 in wanted:
         print("figure 8: memory over an image folder ...", flush=True)
         figures.append(folder_memory(folder if args.quick else os.path.join(args.data_dir, "cifar10"), weights, work,
-                                     32 if args.quick else 224, [0.25, 0.5, 1] if args.quick else [0.125, 0.25, 1],
+                                     32 if args.quick else 224, [0.5, 1] if args.quick else [0.125, 0.25, 1],
                                      ["--epochs=1"] if args.quick else []))
     figures.sort(key=lambda figure: int(figure["figure"].split(".")[0]))
     text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))

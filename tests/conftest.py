@@ -30,13 +30,34 @@ def synthetic_digits(per_class, rng, num_classes=10):
     return np.stack(images)[order], np.array(labels, dtype=np.uint8)[order]
 
 
+@pytest.fixture(scope="session")
+def shared_litert_dir(tmp_path_factory):
+    """One folder of LiteRT conversions for the whole session (every xdist worker's too): a file is named by
+    the network's content, and the tiny runs' seeded random backbones are the same network, so converting
+    MobileNetV2 (8 s, whatever its input size) happens once instead of in every test."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "litert-shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
+def cache_dir(tmp_path, monkeypatch, shared_litert_dir):
     """Caches (decoded image trees, backbone features) go to the test's own folder, never ~/.cache, and
-    scripts run by the test inherit it."""
+    scripts run by the test inherit it; its litert/ is the session's (private_litert gives a test its own)."""
     folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "litert").symlink_to(shared_litert_dir, target_is_directory=True)
     monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture
+def private_litert(cache_dir):
+    """The test's own, empty folder of LiteRT conversions, for a test that counts conversions."""
+    (cache_dir / "litert").unlink()
+    (cache_dir / "litert").mkdir()
+    return cache_dir / "litert"
 
 
 @pytest.fixture
@@ -125,9 +146,11 @@ def image_folder_3(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, shared_litert_dir):
     """A tiny mobilenet run on a two-class folder (random weights, 32 px, 2 epochs): (run folder, record, data)."""
     root = tmp_path_factory.mktemp("predict")
+    (root / "cache").mkdir()
+    (root / "cache" / "litert").symlink_to(shared_litert_dir, target_is_directory=True)
     make_image_folder(root / "photos", per_class=10)
     results = root / "results"
     result = run_script("mobilenet_transfer.py", f"--data_dir={root / 'photos'}", "--weights=None", "--image_size=32",

@@ -24,7 +24,7 @@ def only_record(results, experiment):
         return json.load(f), os.path.dirname(paths[0])
 
 
-def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path, cache_dir):
+def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_path, cache_dir, private_litert):
     results = tmp_path / "results"
     for i in range(4):  # class_b smaller than the others, so that balanced class weights differ
         next((image_folder_3 / "train" / "class_b").glob(f"{i}.*")).unlink()
@@ -150,11 +150,13 @@ def test_mobilenet_bad_input_is_one_line_and_records_nothing(image_folder, tmp_p
 
 
 def test_mobilenet_without_an_image_folder_says_where_to_put_one_before_loading_weights(tmp_path):
-    result = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path}", "--weights=missing.h5",
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    result = run_script("mobilenet_transfer.py", f"--data_dir={empty}", "--weights=missing.h5",
                         f"--results_dir={tmp_path / 'results'}")
     assert result.returncode == 2
     # the folder is checked first: the weights file is missing too, but the mistyped folder is what is said
-    assert f"error: no image folder in {tmp_path}: found nothing;" in result.stderr and "Traceback" not in result.stderr
+    assert f"error: no image folder in {empty}: found nothing;" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_inception_with_random_weights_says_so_and_runs_the_published_recipe(image_folder, tmp_path):

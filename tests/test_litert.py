@@ -36,7 +36,7 @@ def inception_mixed7():
 
 
 @pytest.mark.parametrize("build", [mnist_cnn, mobilenet_small, inception_mixed7])
-def test_litert_features_equal_keras_within_1e_4(build):
+def test_litert_features_equal_keras_within_1e_4(build, private_litert):
     model = build()
     x = np.random.default_rng(0).uniform(-1, 1, size=(6, *model.input_shape[1:])).astype(np.float32)
     run_batch, info = litert.Inference("litert", "litert", "asked for").batch_function(model)
@@ -48,7 +48,7 @@ def test_litert_features_equal_keras_within_1e_4(build):
     assert np.array_equal(run_batch(x[:5]), found[:5])  # another batch size, the same numbers
 
 
-def test_a_converted_file_is_reused_and_a_damaged_one_converted_again(cache_dir, capsys):
+def test_a_converted_file_is_reused_and_a_damaged_one_converted_again(cache_dir, private_litert, capsys):
     model = mnist_cnn()
     first, status, _ = litert.runner(model)
     assert status == "miss"
@@ -81,7 +81,7 @@ def test_auto_takes_litert_on_one_cpu_and_keras_with_several_replicas_or_without
         litert.Inference.choose("litert")
 
 
-def test_a_model_the_converter_refuses_runs_with_keras_and_says_why(monkeypatch, capsys):
+def test_a_model_the_converter_refuses_runs_with_keras_and_says_why(monkeypatch, capsys, private_litert):
     model = mnist_cnn()
 
     def refuse(_):
