@@ -360,6 +360,22 @@ def time_to_accuracy(data_dir, weights, work, extra):
 FEATURES_MB_PER_1K, IMAGES_MB_PER_1K = 1000 * 1280 * 4 / 1e6, 1000 * 32 * 32 * 3 / 1e6
 
 
+def last_step_over_range(rows):
+    """Seconds per added item over the last step against over the whole range, from (items, seconds, ...) rows.
+
+    Linear (or better) means items added at the largest size cost no more each than across the whole range;
+    superlinear growth would make the last step dearer. Both are differences over thousands of items: the
+    first step alone (a few seconds over a fixed cost of several) is too small to measure. With two rows it is
+    1 by construction."""
+    (n0, t0, *_), (n_before, t_before, *_), (n_last, t_last, *_) = rows[0], rows[-2], rows[-1]
+    return ((t_last - t_before) / (n_last - n_before)) / ((t_last - t0) / (n_last - n0))
+
+
+def size_rows(rows, unit):
+    """A figure's line per size, from (items, seconds, peak MB) rows."""
+    return {f"{n} {unit}": f"{t:.1f} s, {1000 * t / n:.2f} s per 1k, peak {m:.0f} MB" for n, t, m in rows}
+
+
 def scaling(mnist_dir, weights, work, sizes):
     """Figure 6: the frozen phase's seconds and the process's peak memory against the training-set size, with
     mobilenet_transfer.py --dataset=mnist (MobileNetV2 at 32x32, 1280 features per image through the disk
@@ -373,15 +389,11 @@ def scaling(mnist_dir, weights, work, sizes):
         transfer = record["phases"]["transfer"]
         rows.append((transfer["train_samples"], transfer["train_seconds"], peak))
         print(f"   {rows[-1][0]} samples: {rows[-1][1]:.1f} s, peak {peak:.0f} MB", flush=True)
-    (n0, t0, m0), (n_before, t_before, _), (n_last, t_last, m_last) = rows[0], rows[-2], rows[-1]
-    # Linear (or better) means samples added at the largest size cost no more each than across the whole
-    # range; superlinear growth would make the last step dearer. Both are differences over thousands of
-    # samples: the first step alone (a few seconds over a fixed cost of several) is too small to measure.
-    time_ratio = ((t_last - t_before) / (n_last - n_before)) / ((t_last - t0) / (n_last - n0))
+    (n0, _, m0), (n_last, _, m_last) = rows[0], rows[-1]
+    time_ratio = last_step_over_range(rows)
     memory_per_1k = 1000 * (m_last - m0) / (n_last - n0)
-    result = {"figure": "6. Scaling: frozen phase (MobileNetV2 on MNIST at 32x32) against training samples"}
-    for n, t, m in rows:
-        result[f"{n} samples"] = f"{t:.1f} s, {1000 * t / n:.2f} s per 1k, peak {m:.0f} MB"
+    result = {"figure": "6. Scaling: frozen phase (MobileNetV2 on MNIST at 32x32) against training samples",
+              **size_rows(rows, "samples")}
     result.update({
         "seconds per added sample, last step / whole range": time_ratio,
         "peak MB per 1k added samples": memory_per_1k,
@@ -424,13 +436,11 @@ def folder_memory(tree, weights, work, image_size, fractions, extra=()):
                                         env={data.CACHE_DIR_ENV: os.path.join(work, f"memory_cache_{fraction}")})
         rows.append((sum(record["data"]["samples"].values()), wall, peak))
         print(f"   {rows[-1][0]} images: {wall:.1f} s, peak {peak:.0f} MB", flush=True)
-    (n0, t0, _), (n_before, t_before, _), (n_last, t_last, m_last) = rows[0], rows[-2], rows[-1]
-    time_ratio = ((t_last - t_before) / (n_last - n_before)) / ((t_last - t0) / (n_last - n0))
+    n_last, m_last, time_ratio = rows[-1][0], rows[-1][2], last_step_over_range(rows)
     decoded_mb = n_last * image_size * image_size * 3 / 1e6
     result = {"figure": f"8. Memory over an image folder: MobileNetV2 at {image_size} px, the default folder command "
-                        f"over {n_last} images ({os.path.basename(os.path.normpath(tree))})"}
-    for n, t, m in rows:
-        result[f"{n} images"] = f"{t:.1f} s wall, {1000 * t / n:.2f} s per 1k, peak {m:.0f} MB"
+                        f"over {n_last} images ({os.path.basename(os.path.normpath(tree))})",
+              **size_rows(rows, "images")}
     result.update({
         "peak MB, whole folder": m_last,
         "the folder decoded in memory would be, MB": decoded_mb,

@@ -42,11 +42,11 @@ def shared_litert_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch, shared_litert_dir):
+def cache_dir(tmp_path_factory, monkeypatch, shared_litert_dir):
     """Caches (decoded image trees, backbone features) go to the test's own folder, never ~/.cache, and
-    scripts run by the test inherit it; its litert/ is the session's (private_litert gives a test its own)."""
-    folder = tmp_path / "cache"
-    folder.mkdir()
+    scripts run by the test inherit it; its litert/ is the session's (private_litert gives a test its own).
+    The folder is beside tmp_path, not in it: tests that list what a run wrote there see only that."""
+    folder = tmp_path_factory.mktemp("cache")
     (folder / "litert").symlink_to(shared_litert_dir, target_is_directory=True)
     monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(folder))
     return folder
