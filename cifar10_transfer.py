@@ -115,7 +115,8 @@ with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_con
     frozen, new_head, transfer = models.transfer(features, frozen_count, dense_head(len(TASK_B_CLASSES)), LEARNING_RATE)
     run.phase("transfer", transfer, lambda: phases.fit_head(
         run, "transfer", frozen, new_head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-        head_batch_size=HEAD_BATCH_SIZE, validation_data=task_b.validation, augmentation=augmentation(), **options),
+        head_batch_size=HEAD_BATCH_SIZE, validation_data=task_b.validation, test_data=task_b.test,
+        augmentation=augmentation(), **options),
         task_b, frozen_layers=frozen_count)
 
     # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.

@@ -125,7 +125,7 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
     y_pred = run.phase("transfer", model, lambda: phases.fit_head(
         run, "transfer", features, head, *task.train, cache="disk" if FEATURE_CACHE and not AUGMENT else None,
         epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        more_callbacks=[stop], **options), task, feed=feed, reuse=REUSE_TRANSFER, stop=stop)
+        test_data=task.test, more_callbacks=[stop], **options), task, feed=feed, reuse=REUSE_TRANSFER, stop=stop)
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
@@ -138,7 +138,8 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
         y_pred = run.phase("fine_tune", model, lambda: phases.fine_tune(
             run, "fine_tune", model, backbone, keras.layers.Flatten(), head, *task.train,
             cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS,
-            initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, more_callbacks=[stop], **options),
+            initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, test_data=task.test, more_callbacks=[stop],
+            **options),
             task, feed=feed, stop=stop)
 
     # 7. The final transferred model on the test images (validation without test/): per-class scores and plots;

@@ -115,7 +115,8 @@ with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE, later_consta
                                              LEARNING_RATE)
     run.phase("transfer", transfer, lambda: phases.fit_head(
         run, "transfer", frozen, head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-        head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), **options), task_b, frozen_layers=frozen_count)
+        head_batch_size=HEAD_BATCH_SIZE, test_data=task_b.test, augmentation=augmentation(), **options), task_b,
+        frozen_layers=frozen_count)
 
     # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
     run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [str(digit) for digit in TASK_B_CLASSES])

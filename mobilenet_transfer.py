@@ -153,7 +153,7 @@ with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, late
     y_pred = run.phase("transfer", model, lambda: phases.fit_head(
         run, "transfer", features, head, *task.train, cache="disk" if FEATURE_CACHE and not AUGMENT else None,
         epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        **options), task, feed=feed, reuse=REUSE_TRANSFER)
+        test_data=task.test, **options), task, feed=feed, reuse=REUSE_TRANSFER)
 
     # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate, epochs numbered on.
     #    The layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
@@ -164,7 +164,7 @@ with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, late
         y_pred = run.phase("fine_tune", model, lambda: phases.fine_tune(
             run, "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, *task.train,
             cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS,
-            learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE, **options), task, feed=feed)
+            learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE, test_data=task.test, **options), task, feed=feed)
 
     # 7. The final transferred model on the test images (validation for a folder without test/): per-class
     #    precision, recall and F1 in the record, the plots beside it; then saved as model.keras + labels.txt.

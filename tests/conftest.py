@@ -160,3 +160,34 @@ def trained_run(tmp_path_factory, shared_litert_dir):
     (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
     with open(path) as f:
         return os.path.dirname(path), json.load(f), root / "photos", results
+
+
+def check_the_model_in_use(folder, image_root, export_images=True):
+    """What a user does with a run's model, checked on `image_root`'s <label>/ image files: predict gives the
+    loaded model's own probabilities (within 1e-5) for every file, and a float LiteRT export passes its check
+    (on those files, or with `export_images` False on the run's own validation images)."""
+    from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
+    from transferlab import images
+
+    import keras
+
+    model = keras.saving.load_model(os.path.join(folder, "model.keras"))
+    labels = open(os.path.join(folder, "labels.txt")).read().splitlines()
+    result = subprocess.run([sys.executable, "-m", "transferlab.predict", folder, image_root, "--format=json",
+                             f"--top_k={len(labels)}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)
+    assert len(rows) == len(glob.glob(os.path.join(image_root, "*", "*")))
+    x, _, failed = images.decode([row["path"] for row in rows], model.input_shape[1:3], model.input_shape[3],
+                                 show=False)
+    assert failed == []
+    got = np.array([[{t["label"]: t["probability"] for t in row["top"]}[label] for label in labels] for row in rows])
+    assert np.abs(got - model.predict(x, verbose=0)).max() < 1e-5
+    result = subprocess.run([sys.executable, "-m", "transferlab.export", folder, "--format=tflite",
+                             *([f"--images={image_root}"] if export_images else [])],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with open(os.path.join(folder, "export", "export.json")) as f:
+        entry = json.load(f)["model.tflite"]
+    assert entry["passed"] is True and entry["top1_agreement"] == 1.0 and entry["max_probability_difference"] < 1e-4
+    return rows, entry

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SHARED, run_script
+from conftest import SHARED, check_the_model_in_use, run_script
 
 SHARED_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.weights.h5")
 SHARED_CATS_DOGS = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
@@ -272,6 +272,10 @@ def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_pat
     assert record["model"]["input"] == {"shape": [75, 75, 3], "dtype": "uint8"} and "model.keras" in os.listdir(folder)
     assert record["final"]["split"] == "validation" and record["final"]["images"] == record["data"]["samples"][
         "validation"]
+    # In use: predict over the whole folder gives the model's probabilities; the export checks on validation.
+    _, export = check_the_model_in_use(folder, tmp_path / "photos", export_images=False)
+    assert export["images"] == record["final"]["images"] and export["accuracy_keras"] == pytest.approx(
+        record["final"]["accuracy"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -214,7 +214,7 @@ feed = backbones.Feed("MobileNetV2", batch_size=32, seed=0)
 before = peak_mb()
 train, validation, _, _ = folders.load(sys.argv[1], 256, 0.2)
 options = dict(epochs=1, batch_size=32, head_batch_size=32, learning_rate=1e-3, validation_data=validation, feed=feed)
-_, info, _ = phases.fit_head(Run(), "cached", pooled, head, *train, cache="disk", **options)  # the feature pass
+_, info, _, _ = phases.fit_head(Run(), "cached", pooled, head, *train, cache="disk", **options)  # the feature pass
 phases.fit_head(Run(), "whole", pooled, head, *train, cache=None, **options)  # an epoch through the whole stack
 print(json.dumps({"growth_mb": peak_mb() - before, "cache": info["feature_cache"], "images": len(train[1])}))
 '''

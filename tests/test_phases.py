@@ -83,22 +83,27 @@ def test_features_are_extracted_in_inference_mode_with_frozen_weights():
 
 
 @pytest.mark.parametrize("cache", ["memory", "disk"])
-def test_validation_on_cached_features_is_the_whole_models(cache, tmp_path):
-    """mobilenet_transfer.py reports the frozen phase's last validation epoch instead of running the backbone
-    over the validation images again: that must be what the whole model scores on them."""
+def test_validation_and_test_scores_on_cached_features_are_the_whole_models(cache, tmp_path):
+    """mobilenet_transfer.py reports the frozen phase's last validation epoch, and scores the test images from
+    their cached features, instead of running the whole model over them: that must be what it scores."""
     keras.utils.set_random_seed(0)
     frozen = models.stack((6,), [keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.5)], name="f")
     frozen.trainable = False
     head = models.stack((8,), [keras.layers.Dense(3, activation="softmax")], name="h")
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 6)).astype(np.float32), np.arange(96) % 3
-    fitted, info, _ = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3, batch_size=16,
-                                  head_batch_size=16, learning_rate=0.05, validation_data=(x[:40], y[:40]))
+    test_x, test_y = rng.random((30, 6)).astype(np.float32), np.arange(30) % 3
+    fitted, info, _, test = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3,
+                                            batch_size=16, head_batch_size=16, learning_rate=0.05,
+                                            validation_data=(x[:40], y[:40]), test_data=(test_x, test_y))
     whole = models.compile_classifier(models.stack((6,), [frozen, head], name="whole"), 0.05)
     loss, accuracy = whole.evaluate(x[:40], y[:40], verbose=0)
     assert info["feature_cache"] == ("memory" if cache == "memory" else "miss")
     assert fitted.history["val_accuracy"][-1] == pytest.approx(accuracy)
     assert fitted.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
+    test_loss, test_accuracy = whole.evaluate(test_x, test_y, verbose=0)
+    assert test[0] == pytest.approx(test_loss, rel=1e-5) and test[1] == pytest.approx(test_accuracy)
+    np.testing.assert_array_equal(test[2], models.predict_classes(whole, test_x))
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -137,13 +142,19 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
         model = models.stack((32, 32, 3), [features, head], name="model")
         backbones.unfreeze(backbone, 100)
         (tmp_path / name).mkdir()
-        fitted, info, predicted = phases.fine_tune(FakeRun(tmp_path / name), "fine_tune", model, backbone,
-                                       keras.layers.GlobalAveragePooling2D(), head, x[:18], y[:18], cache=cache,
-                                       validation_data=(x[18:], y[18:]), feed=feed, batch_size=8, epochs=2,
-                                       initial_epoch=1, learning_rate=1e-3)
+        fitted, info, predicted, test = phases.fine_tune(
+            FakeRun(tmp_path / name), "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head,
+            x[:18], y[:18], cache=cache, validation_data=(x[18:], y[18:]), test_data=(x[12:], y[12:]), feed=feed,
+            batch_size=8, epochs=2, initial_epoch=1, learning_rate=1e-3)
         runs[name] = model.get_weights(), fitted.history, info
-        # the validation predictions it returns (for the plots) are the trained whole model's
+        # the validation predictions it returns (for the plots) are the trained whole model's; so are the test
+        # scores it gives from the cached bottom (none without the cache: the caller's pass scores them)
         np.testing.assert_array_equal(predicted, models.predict_classes(model, feed(x[18:], y[18:])))
+        if name == "cached":
+            np.testing.assert_array_equal(test[2], models.predict_classes(model, feed(x[12:], y[12:])))
+            assert test[1] == pytest.approx(np.mean(test[2] == y[12:]))
+        else:
+            assert test is None
     cached = runs["cached"][2]
     assert cached["feature_cache"] == "memory" and cached["cached_up_to"] == "block_10_project_BN"
     assert cached["extra_seconds"] == pytest.approx(cached["feature_extraction_seconds"], abs=1e-3)

@@ -88,31 +88,34 @@ class Run(records.Run):
         - reused, with `reuse` True, from the newest earlier run that finished it from the same
           inputs (every constant not in LATER_CONSTANTS[name] or NOT_INPUTS), data, code and versions
           (records.Run.reuse);
-        - else trained: `train()` returns the phase's PhaseHistory (phases.fit), or (it, info, ...) (phases.fit_head,
-          phases.fine_tune). Validation scores are the last epoch's, from the history (`fit` measured the final
-          weights in inference mode); test scores come from `model` over `task.test` (`task` a data.Task), once,
-          through `feed` (backbones.Feed) when given, and its classes are kept for evaluate_final. The record
+        - else trained: `train()` returns the phase's PhaseHistory (phases.fit), or (it, info, predicted, test)
+          (phases.fit_head, phases.fine_tune). Validation scores are the last epoch's, from the history (`fit`
+          measured the final weights in inference mode); test scores are `test` when the phase computed them
+          (from its cached features), else from `model` over `task.test` (`task` a data.Task), once, through
+          `feed` (backbones.Feed) when given; their classes are kept for evaluate_final. The record
           gets the task's classes and training images, epochs, seconds, scores, info and `fields`, and whether
           `stop` (a callbacks.StopAtValAccuracy the phase trained with) ended it early; the weights are saved.
-        Returns what `train` returned beyond the history and info (fine-tuning's validation predictions), or None."""
+        Returns the validation images' predicted classes when `train` gave them, else None."""
         if self.restore(name, model):
             return None
         if reuse and self.reuse(name, model, self.phase_inputs[name]):
             return None
         trained = train()
-        fitted, info, *more = trained if isinstance(trained, tuple) else (trained, {})
+        fitted, info, predicted, test = trained if isinstance(trained, tuple) else (trained, {}, None, None)
         history = fitted.history
         validation = (history["val_loss"][-1], history["val_accuracy"][-1]) if "val_accuracy" in history else None
         scores = None
-        if task.test is not None:  # one pass, its classes kept for evaluate_final's plots
-            inputs = task.test[0] if feed is None else feed(*task.test)
-            *scores, self.test_classes[name] = models.predict_scores(model, inputs, task.test[1], batch_size=1024)
+        if task.test is not None:  # one pass at most, its classes kept for evaluate_final's plots
+            if test is None:
+                inputs = task.test[0] if feed is None else feed(*task.test)
+                test = models.predict_scores(model, inputs, task.test[1], batch_size=1024)
+            *scores, self.test_classes[name] = test
         if stop is not None:
             fields["stopped_early"] = stop.stopped_at is not None
         entry = phases.summary(task.classes, task.samples, len(history["loss"]), fitted, scores, model,
                                validation=validation, **info, **fields)
         self.add_phase(name, entry, model=model)
-        return more[0] if len(more) == 1 else (more or None)
+        return predicted
 
     def evaluate_final(self, model, task, feed, predicted, title):
         """The final model (the last transfer phase's) on held-out images: the task's test images when it has

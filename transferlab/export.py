@@ -41,16 +41,22 @@ FLOAT_AGREEMENT, FLOAT_TOLERANCE = 0.999, 1e-4
 
 
 def run_images(folder, record, override=None, split="validation"):
-    """(paths, labels) of the images to check or calibrate on: the files of `override` (<class>/ folders, or any
-    images, then without labels), else the run's own `split` of the image folder it read."""
+    """(paths, labels) of the images to check or calibrate on: the files of `override` (<class>/ folders named
+    as the model's labels, or any images, then without labels), else the run's own `split` of the image folder
+    it read."""
     if override is not None:
         found = folders.layout(override) if not os.path.isfile(override) else None
         if found is not None and found.kind == "class folders":
+            with open(os.path.join(folder, predict.LABELS), encoding="utf-8") as f:
+                names = f.read().splitlines()
+            strangers = [name for name in found.classes if name not in names]
+            check(not strangers, f"--images={override}: its folders {', '.join(strangers)} are not labels of the "
+                                 f"model ({predict.LABELS}: {', '.join(names)})")
             paths, labels = [], []
-            for label, name in enumerate(found.classes):
+            for name in found.classes:
                 inside, _ = images.files_under(os.path.join(override, name))
                 paths += inside
-                labels += [label] * len(inside)
+                labels += [names.index(name)] * len(inside)
             return paths, labels
         return predict.image_paths([override])[0], None
     data = record.get("data", {})

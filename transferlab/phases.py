@@ -88,7 +88,7 @@ def fit(run, phase, model, x, y, *, epochs, batch_size, learning_rate, validatio
 
 
 def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, head_batch_size, learning_rate,
-             validation_data=None, augmentation=(), feed=None, preprocessing=None, optimizer="adam",
+             validation_data=None, test_data=None, augmentation=(), feed=None, preprocessing=None, optimizer="adam",
              class_weight=None, more_callbacks=()):
     """Train a new `head` on top of the frozen `features` model: the transfer phase.
 
@@ -107,10 +107,12 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
 
     `preprocessing` (None: the feed's own name for it, backbones.Feed) is part of the disk cache's key.
 
-    Returns (PhaseHistory, info, predicted); info goes into the phase record: feature_cache ("hit", "miss", "memory"
-    or "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside `fit`);
-    predicted, the trained head's classes of the validation images from their cached features (None without
-    a cache or validation images).
+    Returns (PhaseHistory, info, predicted, test); info goes into the phase record: feature_cache ("hit", "miss",
+    "memory" or "off"), batch_size, feature_extraction_seconds, and extra_seconds (training work done outside
+    `fit`); predicted, the trained head's classes of the validation images from their cached features (None
+    without a cache or validation images); test, with a cache and `test_data`, the trained head's (loss,
+    accuracy, classes) on the test images' features (cached like the rest, through the run's inference runtime),
+    else None (the caller's pass over the whole model scores them).
     """
     if preprocessing is None:
         preprocessing = getattr(feed, "preprocessing", "")
@@ -121,7 +123,7 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
         first = head if features is None else features
         model = models.stack(first.input_shape[1:], parts, name=f"{phase}_frozen")
         fitted = fit(run, phase, model, x, y, batch_size=batch_size, feed=feed, **options)
-        return fitted, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}, None
+        return fitted, {"feature_cache": "off", "batch_size": batch_size, "extra_seconds": 0.0}, None, None
 
     if cache == "disk" and distribute.workers() > 1:
         # Extraction is a collective step every worker must take together; a disk cache could hit on one
@@ -156,11 +158,14 @@ def fit_head(run, phase, features, head, x, y, *, cache, epochs, batch_size, hea
     fitted = fit(run, phase, head, f_train, y, batch_size=head_batch_size, steps_per_execution=32, **options)
     info = {"feature_cache": status, "batch_size": head_batch_size,
             "feature_extraction_seconds": round(seconds, 3), "extra_seconds": seconds, **runtime_info}
-    return fitted, info, None if f_val is None else models.predict_classes(head, f_val)
+    test = None
+    if test_data is not None:
+        test = models.predict_scores(head, extract(*test_data)[0], test_data[1], batch_size=1024)
+    return fitted, info, None if f_val is None else models.predict_classes(head, f_val), test
 
 
 def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, validation_data, feed, batch_size,
-              **options):
+              test_data=None, **options):
     """Phase `phase`: go on training `model` (images -> `backbone` -> `pooling` -> `head`) after
     backbones.unfreeze. With `cache`, the backbone's frozen bottom (backbones.frozen_bottom) runs once over the
     training and validation images (`feed(x, y)` pipelines) and the rest of the model (its top, `pooling`
@@ -169,9 +174,11 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     `cache` (an augmented run, whose images change every epoch), when nothing before the unfrozen layers
     can be cut off, or above extraction.ACTIVATION_CACHE_BYTES, the whole `model` trains as published.
 
-    Returns (PhaseHistory, info, predicted): info for the phase record as fit_head's, saying feature_cache
+    Returns (PhaseHistory, info, predicted, test): info for the phase record as fit_head's, saying feature_cache
     ("memory" or "off") and where the cut is; predicted, the trained model's classes of the validation
-    images (from their activations when cached: no second pass of the backbone for the plots).
+    images (from their activations when cached: no second pass of the backbone for the plots); test, when
+    cached and given `test_data`, the trained model's (loss, accuracy, classes) on the test images, their frozen
+    bottom through the run's inference runtime (else None: the caller scores them).
     """
     bottom, top = backbones.frozen_bottom(backbone) if cache else (None, None)
     if bottom is not None:
@@ -184,7 +191,7 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
         fitted = fit(run, phase, model, x, y, validation_data=validation_data, feed=feed, batch_size=batch_size,
                     **options)
         info = {"feature_cache": "off", "batch_size": batch_size}
-        return fitted, info, models.predict_classes(model, feed(*validation_data))
+        return fitted, info, models.predict_classes(model, feed(*validation_data)), None
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
     rest = keras.Model(inputs, head(pooling(top(inputs, training=False))), name=f"{phase}_from_cache")
@@ -198,7 +205,11 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     info = {"feature_cache": "memory", "batch_size": batch_size, "cached_up_to": bottom.layers[-1].name,
             "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds,
             **runtime_info}
-    return fitted, info, models.predict_classes(rest, a_val)
+    test = None
+    if test_data is not None:
+        a_test, _ = extraction.extract_features(bottom, feed(*test_data), run_batch=run_batch)
+        test = models.predict_scores(rest, a_test, test_data[1], batch_size=batch_size)
+    return fitted, info, models.predict_classes(rest, a_val), test
 
 
 def inference_of(run):
