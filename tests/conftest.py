@@ -163,14 +163,19 @@ def trained_run(tmp_path_factory, shared_litert_dir):
 
 
 def check_the_model_in_use(folder, image_root, export_images=True):
-    """What a user does with a run's model, checked on `image_root`'s <label>/ image files: predict gives the
-    loaded model's own probabilities (within 1e-5) for every file, and a float LiteRT export passes its check
-    (on those files, or with `export_images` False on the run's own validation images)."""
+    """What a user does with a run's model, checked on `image_root`'s <label>/ image files: model.keras loads in a
+    process that cannot import transferlab, predict gives the loaded model's own probabilities (within 1e-5) for
+    every file, and LiteRT and SavedModel exports pass their checks (on those files, or with `export_images`
+    False on the run's own validation images). Returns predict's rows and the exports' export.json entries."""
     from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
     from transferlab import images
 
     import keras
 
+    code = ("import sys; sys.modules['transferlab'] = None\n"  # any import of transferlab now fails
+            f"import keras; print(keras.saving.load_model({os.path.join(folder, 'model.keras')!r}).input.dtype)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.split()[-1] == "uint8", result.stderr[-2000:]
     model = keras.saving.load_model(os.path.join(folder, "model.keras"))
     labels = open(os.path.join(folder, "labels.txt")).read().splitlines()
     result = subprocess.run([sys.executable, "-m", "transferlab.predict", folder, image_root, "--format=json",
@@ -183,11 +188,14 @@ def check_the_model_in_use(folder, image_root, export_images=True):
     assert failed == []
     got = np.array([[{t["label"]: t["probability"] for t in row["top"]}[label] for label in labels] for row in rows])
     assert np.abs(got - model.predict(x, verbose=0)).max() < 1e-5
-    result = subprocess.run([sys.executable, "-m", "transferlab.export", folder, "--format=tflite",
-                             *([f"--images={image_root}"] if export_images else [])],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for fmt in ("tflite", "saved_model"):
+        result = subprocess.run([sys.executable, "-m", "transferlab.export", folder, f"--format={fmt}",
+                                 *([f"--images={image_root}"] if export_images else [])],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     with open(os.path.join(folder, "export", "export.json")) as f:
-        entry = json.load(f)["model.tflite"]
-    assert entry["passed"] is True and entry["top1_agreement"] == 1.0 and entry["max_probability_difference"] < 1e-4
-    return rows, entry
+        entries = json.load(f)
+    for entry in entries.values():
+        assert entry["passed"] is True and entry["top1_agreement"] == 1.0
+        assert entry["max_probability_difference"] < 1e-4
+    return rows, entries

@@ -273,9 +273,10 @@ def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_pat
     assert record["final"]["split"] == "validation" and record["final"]["images"] == record["data"]["samples"][
         "validation"]
     # In use: predict over the whole folder gives the model's probabilities; the export checks on validation.
-    _, export = check_the_model_in_use(folder, tmp_path / "photos", export_images=False)
-    assert export["images"] == record["final"]["images"] and export["accuracy_keras"] == pytest.approx(
-        record["final"]["accuracy"])
+    _, exports = check_the_model_in_use(folder, tmp_path / "photos", export_images=False)
+    for entry in exports.values():
+        assert entry["images"] == record["final"]["images"]
+        assert entry["accuracy_keras"] == pytest.approx(record["final"]["accuracy"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,10 +68,10 @@ def test_image_tree_run_records_validation_and_test_and_uses_the_cache(cifar_tre
     assert labels == ["dog", "frog", "horse", "ship", "truck"]
     for label in labels:
         shutil.copytree(cifar_tree / "cifar10" / "test" / label, tmp_path / "task_b_test" / label)
-    rows, export = check_the_model_in_use(folder, tmp_path / "task_b_test")
+    rows, exports = check_the_model_in_use(folder, tmp_path / "task_b_test")
     right = [row["top"][0]["label"] == os.path.basename(os.path.dirname(row["path"])) for row in rows]
     assert len(rows) == 20 and np.mean(right) == pytest.approx(record["phases"]["transfer"]["test_accuracy"])
-    assert export["accuracy_keras"] == pytest.approx(np.mean(right))
+    assert exports["model.tflite"]["accuracy_keras"] == pytest.approx(np.mean(right))
     for phase in record["phases"].values():
         assert 0 <= phase["val_accuracy"] <= 1 and phase["val_loss"] >= 0
         assert 0 <= phase["test_accuracy"] <= 1 and phase["epochs"] == 2

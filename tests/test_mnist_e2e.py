@@ -84,10 +84,10 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     for i in np.flatnonzero(np.isin(y, [7, 8, 9])):
         (tmp_path / "digits" / str(y[i])).mkdir(parents=True, exist_ok=True)
         Image.fromarray(x[i]).save(tmp_path / "digits" / str(y[i]) / f"{i}.png")
-    rows, export = check_the_model_in_use(folder, tmp_path / "digits")
+    rows, exports = check_the_model_in_use(folder, tmp_path / "digits")
     right = [row["top"][0]["label"] == os.path.basename(os.path.dirname(row["path"])) for row in rows]
     assert len(rows) == 30 and np.mean(right) == pytest.approx(transfer["test_accuracy"])
-    assert export["accuracy_keras"] == pytest.approx(np.mean(right))
+    assert exports["model.tflite"]["accuracy_keras"] == pytest.approx(np.mean(right))
     for name in ("base", "transfer", "scratch"):  # TENSORBOARD is on by default: logs per phase, for training
         assert glob.glob(os.path.join(folder, "tensorboard", name, "train", "events.out.tfevents.*")), name
     assert f"record: {os.path.join(folder, 'record.json')}" in result.stdout
