@@ -127,8 +127,10 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
     x, y = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 3
     feed = functools.partial(backbones.pipeline, preprocess=lambda images: images / 127.5 - 1, batch_size=8, seed=0)
     runs = {}
+    # 512 bytes of activations an image at the cut (2x2x32 float32): 24 training and validation images fit under
+    # 15,000 bytes, the 12 test images on top do not, so those are left to the caller's pass
     for name, cache, limit in [("whole", False, extraction.ACTIVATION_CACHE_BYTES), ("cached", True, 2**30),
-                               ("over the limit", True, 1000)]:
+                               ("over the limit", True, 1000), ("test over the limit", True, 15_000)]:
         monkeypatch.setattr(extraction, "ACTIVATION_CACHE_BYTES", limit)
         keras.utils.set_random_seed(0)
         backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None,
@@ -155,6 +157,7 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
             assert test[1] == pytest.approx(np.mean(test[2] == y[12:]))
         else:
             assert test is None
+    assert runs["test over the limit"][2]["feature_cache"] == "memory"
     cached = runs["cached"][2]
     assert cached["feature_cache"] == "memory" and cached["cached_up_to"] == "block_10_project_BN"
     assert cached["extra_seconds"] == pytest.approx(cached["feature_extraction_seconds"], abs=1e-3)

@@ -177,12 +177,14 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
     Returns (PhaseHistory, info, predicted, test): info for the phase record as fit_head's, saying feature_cache
     ("memory" or "off") and where the cut is; predicted, the trained model's classes of the validation
     images (from their activations when cached: no second pass of the backbone for the plots); test, when
-    cached and given `test_data`, the trained model's (loss, accuracy, classes) on the test images, their frozen
-    bottom through the run's inference runtime (else None: the caller scores them).
+    cached and given `test_data` whose activations fit under the cap too, the trained model's (loss, accuracy,
+    classes) on the test images, their frozen bottom through the run's inference runtime (else None: the
+    caller scores them).
     """
     bottom, top = backbones.frozen_bottom(backbone) if cache else (None, None)
     if bottom is not None:
-        size = (len(x) + len(validation_data[0])) * int(np.prod(top.input_shape[1:])) * 4
+        per_image = int(np.prod(top.input_shape[1:])) * 4  # float32 activations
+        size = (len(x) + len(validation_data[0])) * per_image
         if size > extraction.ACTIVATION_CACHE_BYTES:
             print(f"   {size / 2**30:.1f} GiB of activations: above ACTIVATION_CACHE_BYTES, so every epoch runs the "
                   f"whole backbone")
@@ -206,7 +208,7 @@ def fine_tune(run, phase, model, backbone, pooling, head, x, y, *, cache, valida
             "feature_extraction_seconds": round(seconds + val_seconds, 3), "extra_seconds": seconds + val_seconds,
             **runtime_info}
     test = None
-    if test_data is not None:
+    if test_data is not None and size + len(test_data[0]) * per_image <= extraction.ACTIVATION_CACHE_BYTES:
         a_test, _ = extraction.extract_features(bottom, feed(*test_data), run_batch=run_batch)
         test = models.predict_scores(rest, a_test, test_data[1], batch_size=batch_size)
     return fitted, info, models.predict_classes(rest, a_val), test
