@@ -584,7 +584,7 @@ def main(argv=None):
         figures.append(time_to_accuracy(folder if args.quick else args.data_dir, weights, work, extra))
     if 6 in wanted:
         print("figure 6: scaling ...", flush=True)
-        figures.append(scaling(mnist_dir, weights, work, [4, 16, None] if args.quick else [100, 400, 1600, None]))
+        figures.append(scaling(mnist_dir, weights, work, [4, None] if args.quick else [100, 400, 1600, None]))
     if 7 in wanted:
         print("figure 7: predict end to end ...", flush=True)
         figures.append(predict_throughput(folder, None if weights == "None" else weights,
