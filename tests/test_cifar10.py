@@ -62,7 +62,7 @@ def test_image_tree_run_records_validation_and_test_and_uses_the_cache(cifar_tre
                                          "task_b_train": 80, "task_b_validation": 20, "task_b_test": 20}
     assert list(record["phases"]) == ["base", "transfer", "scratch"]
     # The saved model on the tree's raw test images of task B (its five class folders): predict gives the
-    # model's probabilities and scores what the run recorded for transfer; a LiteRT export passes its check.
+    # model's probabilities and scores what the run recorded for transfer; LiteRT and SavedModel exports pass.
     folder = os.path.dirname(glob.glob(str(results / "cifar10" / "*" / "record.json"))[0])
     labels = open(os.path.join(folder, "labels.txt")).read().splitlines()
     assert labels == ["dog", "frog", "horse", "ship", "truck"]

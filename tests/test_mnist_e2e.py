@@ -78,7 +78,7 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     assert record["model"] == {"file": "model.keras", "labels": "labels.txt", "phase": "transfer",
                                "input": {"shape": [28, 28, 1], "dtype": "uint8"}}
     # On the raw test digits 7-9 (uint8 PNGs of mnist.npz's arrays, one folder per label) predict gives the
-    # model's probabilities and scores what the run recorded for transfer; a LiteRT export passes its check.
+    # model's probabilities and scores what the run recorded for transfer; LiteRT and SavedModel exports pass.
     with np.load(npz, allow_pickle=False) as f:
         x, y = f["x_test"], f["y_test"]
     for i in np.flatnonzero(np.isin(y, [7, 8, 9])):
