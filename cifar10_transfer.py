@@ -1,16 +1,10 @@
 """CIFAR-10 transfer learning: a small CNN learns 5 classes, then its frozen features serve the other 5.
 
 Reproduces the published CIFAR-10 transfer experiment (Conv32x5-Conv16x5-Pool-Conv8x3-Flatten-Dropout(0.42)
-then Dense 128-5; Adam, batch 100, 10 epochs; task A = airplane, automobile, bird, cat, deer, task B = dog,
-frog, horse, ship, truck) and adds the baseline it never had: the same network from scratch on task B.
-Two departures from the published script, both fixes: each task's training images are shuffled with the
-seed before the 80/20 train/validation split (the published script sliced without shuffling), and task B's
-labels 5-9 are remapped to 0-4 for a 5-way head (the published head had 10 outputs, 5 of them never used).
-
-Task A is the classes the base network learns first, task B the held-out ones. The features are the
-convolution layers, the head the dense layers on top. Phases, each recorded on its own: "base" (the whole
-network on task A), "transfer" (a new head on the frozen features, task B), "scratch" (the same network from
-random weights on task B: what did transfer buy?).
+then Dense 128-5; Adam, batch 100, 10 epochs) in three phases, each recorded on its own: "base" (the network
+on task A: airplane, automobile, bird, cat, deer), "transfer" (a new head on the frozen features, task B: dog,
+frog, horse, ship, truck) and "scratch" (the same network from random weights on task B: what did transfer
+buy?). Its two fixes of the published script (a shuffled validation split, a 5-way head): docs/experiments.md.
 
     python cifar10_transfer.py                                  # the whole experiment
     python cifar10_transfer.py --data_dir=/data/datasets        # offline: cifar10.npz or cifar10/train/...
@@ -20,13 +14,13 @@ random weights on task B: what did transfer buy?).
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, data, models, phases
+from transferlab import data, models
 
 import keras
 
 # -----------------------------------------------------------------------------------------------------
-# Constants: edit them here, or override any from the shell as --name=value. Every experiment also has
-# SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, TENSORBOARD, RESULTS_DIR and RESUME (--help).
+# Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).
+# Every experiment also has SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, RESUME, ... (--help).
 TASK_A_CLASSES = [0, 1, 2, 3, 4]  # classes the base network learns: airplane automobile bird cat deer
 TASK_B_CLASSES = [5, 6, 7, 8, 9]  # held-out classes for the new head: dog frog horse ship truck
 EPOCHS = 10  # epochs in every phase, as published
@@ -42,16 +36,12 @@ FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only th
 AUGMENT = False  # random flips and shifts of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with cifar10.npz or cifar10/train/<class>/; None: $TRANSFER_DATA_DIR
 # -----------------------------------------------------------------------------------------------------
-# The constants only the phases after "base" read: with --reuse_base=True a run takes phase "base" from an earlier
-# run only when every other constant (and the data, code, library versions and distribution) is the same.
+# What only the phases after "base" read: --reuse_base=True takes a base trained with all else the same.
 LATER_CONSTANTS = {"base": ["TASK_B_CLASSES", "HEAD_BATCH_SIZE", "TASK_B_SAMPLES_PER_CLASS", "FREEZE_UP_TO",
                             "REUSE_BASE", "RUN_SCRATCH", "FEATURE_CACHE"]}
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
-# 1. Check the constants before any work, so a typo costs a second, not a training run.
-config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
-                      LEARNING_RATE=LEARNING_RATE)
-config.check_fraction(VALIDATION_FRACTION=VALIDATION_FRACTION)
+# 1. Check the tasks before any work, so a typo costs a second, not a training run.
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10, TASK_B_SAMPLES_PER_CLASS)
 exp = experiment.start("cifar10", CONFIG)
 
@@ -60,10 +50,8 @@ exp = experiment.start("cifar10", CONFIG)
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # Keras's
 train, test, source = data.load_keras_dataset("cifar10", data.data_dir(DATA_DIR), (32, 32, 3), 10,
                                               keras.datasets.cifar10.load_data, class_names=CLASS_NAMES)
-task_a, task_b = data.tasks(train, test, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed, VALIDATION_FRACTION,
+task_a, task_b = data.tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed, VALIDATION_FRACTION,
                             TASK_B_SAMPLES_PER_CLASS)
-source["samples"] = {**task_a.counts("task_a_"), **task_b.counts("task_b_")}
-print(f"CIFAR-10 from {source['source']}: " + ", ".join(f"{k} {v}" for k, v in source["samples"].items()))
 
 
 # 3. The published network. Transfer freezes everything up to and including the Dropout(0.42) and trains
@@ -98,36 +86,24 @@ IMAGE = (32, 32, 3)
 frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 options = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
 with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS) as run:
-    # 4. Phase "base": feature layers and head learn task A from random init (or, with --reuse_base=True, come
-    #    from an earlier run with the same constants but LATER_CONSTANTS, data and code). Validation scores are
-    #    the last epoch's; test scores on raw images through the whole network.
-    print(f"\n== base: {task_a.samples} images of {[CLASS_NAMES[c] for c in TASK_A_CLASSES]}, {EPOCHS} epochs")
+    # 4. Phase "base": the network learns task A from random init (or, --reuse_base=True, an earlier run's).
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *dense_head(len(TASK_A_CLASSES))], name="base")
-    run.phase("base", base, lambda: phases.fit(run, "base", base, *task_a.train, validation_data=task_a.validation,
-                                               **options), task_a, reuse=REUSE_BASE, batch_size=BATCH_SIZE)
+    run.fit("base", base, task_a, reuse=REUSE_BASE, **options)
 
-    # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head,
-    #    on top of the feature layers left trainable, on task B. The frozen layers run once over the images
-    #    (in memory: they were trained in this run), then only the rest trains on their output.
-    print(f"\n== transfer: {task_b.samples} images of {[CLASS_NAMES[c] for c in TASK_B_CLASSES]}, "
-          f"{frozen_count} of {len(features.layers)} feature layers frozen")
-    frozen, new_head, transfer = models.transfer(features, frozen_count, dense_head(len(TASK_B_CLASSES)), LEARNING_RATE)
-    run.phase("transfer", transfer, lambda: phases.fit_head(
-        run, "transfer", frozen, new_head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-        head_batch_size=HEAD_BATCH_SIZE, validation_data=task_b.validation, test_data=task_b.test,
-        augmentation=augmentation(), **options),
-        task_b, frozen_layers=frozen_count)
+    # 5. Phase "transfer": a new head on task B, over the feature layers, the first FREEZE_UP_TO frozen. The
+    #    frozen layers run once (cached in memory: no other run has these weights), then the rest trains.
+    frozen, head, transfer = models.transfer(features, frozen_count, dense_head(len(TASK_B_CLASSES)), LEARNING_RATE)
+    run.fit_head("transfer", transfer, frozen, head, task_b, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
+                 head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), record={"frozen_layers": frozen_count},
+                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen", **options)
 
     # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
     run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [CLASS_NAMES[c] for c in TASK_B_CLASSES])
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
-        print(f"\n== scratch: {task_b.samples} images of task B, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *dense_head(len(TASK_B_CLASSES))],
                                name="scratch")
-        run.phase("scratch", scratch, lambda: phases.fit(run, "scratch", scratch, *task_b.train,
-                                                         validation_data=task_b.validation, **options),
-                  task_b, batch_size=BATCH_SIZE)
+        run.fit("scratch", scratch, task_b, about="random init", **options)
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

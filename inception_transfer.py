@@ -1,13 +1,9 @@
 """InceptionV3 transfer learning, the course recipe: an ImageNet InceptionV3 cut at mixed7, frozen, under a
 new dense head, trained with augmentation on cats vs dogs until validation accuracy reaches a threshold.
 
-Published: 96% validation accuracy on cats vs dogs (InceptionV3 at 150x150, 20 epochs, batch 20,
-RMSprop 1e-4). Fine-tuning and the from-scratch baseline are there as constants, off by default: the
-course had neither, and InceptionV3 from scratch is expensive on a CPU.
-
-The backbone is InceptionV3 up to CUT_LAYER; the head is the new dense layers on top. Phases, each recorded
-on its own: "transfer" (the head on the frozen backbone), "fine_tune" (the backbone from FINE_TUNE_AT on
-unfrozen too) and "scratch" (the same network from random weights).
+Published: 96% validation accuracy (150x150, 20 epochs, batch 20, RMSprop 1e-4). Phases, each recorded on its
+own: "transfer" (the head on the frozen backbone), and, off by default (the course had neither), "fine_tune"
+(the backbone from FINE_TUNE_AT on unfrozen too) and "scratch" (the same network from random weights).
 
     python inception_transfer.py --data_dir=/data/datasets                   # ImageNet weights: Keras's download
     python inception_transfer.py --data_dir=/data/datasets --weights=None --epochs=2       # runs anywhere
@@ -17,13 +13,13 @@ unfrozen too) and "scratch" (the same network from random weights).
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, callbacks, config, data, folders, models, phases
+from transferlab import backbones, config, data, folders, models
 
 import keras
 
 # -----------------------------------------------------------------------------------------------------
-# Constants: edit them here, or override any from the shell as --name=value. Every experiment also has
-# SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, TENSORBOARD, RESULTS_DIR and RESUME (--help).
+# Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).
+# Every experiment also has SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, RESUME, ... (--help).
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
 VALIDATION_SPLIT = 0.2  # share of each class that validates (by file hash) when there is no validation/ folder
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
@@ -49,52 +45,36 @@ RUN_SCRATCH = False  # train the same network from random init (expensive: every
 SCRATCH_EPOCHS = 20  # epochs of phase "scratch"
 BATCHNORM_MOMENTUM = 0.9  # for the BatchNormalization of the scratch network; Keras's 0.99 lags for few epochs
 # -----------------------------------------------------------------------------------------------------
-# The constants only the phases after "transfer" read: with --reuse_transfer=True a run takes phase "transfer"
-# from an earlier run only when every other constant (and the data, weights, code and versions) is the same.
+# What only the phases after "transfer" read: --reuse_transfer=True takes one trained with all else the same.
 LATER_CONSTANTS = {"transfer": ["FINE_TUNE_EPOCHS", "FINE_TUNE_AT", "FINE_TUNE_LEARNING_RATE", "REUSE_TRANSFER",
                                 "RUN_SCRATCH", "SCRATCH_EPOCHS", "BATCHNORM_MOMENTUM"]}
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
-config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE, HEAD_WIDTH=HEAD_WIDTH,
-                      LEARNING_RATE=LEARNING_RATE, FINE_TUNE_LEARNING_RATE=FINE_TUNE_LEARNING_RATE,
-                      TASK_B_SAMPLES_PER_CLASS=TASK_B_SAMPLES_PER_CLASS)
-config.check_non_negative(FINE_TUNE_EPOCHS=FINE_TUNE_EPOCHS, SCRATCH_EPOCHS=SCRATCH_EPOCHS)
-config.check_fraction(BATCHNORM_MOMENTUM=BATCHNORM_MOMENTUM)
-config.check(0 <= DROPOUT < 1, f"--dropout={DROPOUT}: must be in [0, 1)")
-config.check(0 < STOP_AT_VAL_ACCURACY <= 1, f"--stop_at_val_accuracy={STOP_AT_VAL_ACCURACY}: must be in (0, 1]")
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS))
 exp = experiment.start("inception", CONFIG)
 root = folders.find(data.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
 with exp.scope():  # its weights are variables: under a strategy they must be created inside its scope
-    backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS)
-    backbone = backbones.cut(backbone, CUT_LAYER)
-backbone_info.update(cut_layer=CUT_LAYER, layers=len(backbone.layers))
+    backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER)
 backbones.layer_index(backbone, FINE_TUNE_AT)
-if WEIGHTS is None:
-    print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
-          "means nothing (the record says weights: random)")
 
 # 2. Data: the image folder (<class>/ or train/ with optional validation/ and test/): uint8 images at the input
 #    size, decoded in the pipelines a batch at a time, so memory does not grow with the folder.
 *splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT)
 task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
-CLASS_NAMES = task.classes
 
 
 # 3. Input pipelines. The course's ImageDataGenerator augmentation as Keras preprocessing layers, in the
 #    pipeline before the backbone's preprocessing (which replaces the course's rescale=1/255: InceptionV3
 #    was trained on -1..1). Its shear_range=0.2 was in degrees, invisible; RandomShear(0.2) shears for real.
 def augmentation():
-    if not AUGMENT:
-        return None
     return keras.Sequential([
         keras.layers.RandomRotation(40 / 360, fill_mode="nearest"),
         keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest"),
         keras.layers.RandomShear(x_factor=0.2, fill_mode="nearest"),
         keras.layers.RandomZoom(0.2, fill_mode="nearest"),
         keras.layers.RandomFlip("horizontal"),
-    ])
+    ]) if AUGMENT else None
 
 
 feed = backbones.Feed("InceptionV3", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
@@ -105,57 +85,45 @@ def new_head(features):
     return models.stack(features.output_shape[1:], [
         keras.layers.Dense(HEAD_WIDTH, activation="relu"),
         keras.layers.Dropout(DROPOUT),
-        models.output_layer(len(CLASS_NAMES)),
+        models.output_layer(len(task.classes)),
     ], name="head")
 
 
 IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-options = {"validation_data": task.validation, "feed": feed, "optimizer": OPTIMIZER, "class_weight": CLASS_WEIGHTS}
+options = {"batch_size": BATCH_SIZE, "feed": feed, "optimizer": OPTIMIZER, "class_weight": CLASS_WEIGHTS,
+           "stop_at_val_accuracy": STOP_AT_VAL_ACCURACY}
 with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, with augmentation
     #    the published way (the backbone runs every epoch), without it on cached features, until validation
-    #    accuracy reaches STOP_AT_VAL_ACCURACY. Each phase saves its weights when done, so a resumed run
-    #    restores a finished phase; --reuse_transfer=True takes an earlier run's (same constants, data and weights).
-    print(f"\n== transfer: {task.samples} images, InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen, "
-          f"up to {EPOCHS} epochs")
+    #    accuracy reaches STOP_AT_VAL_ACCURACY.
     features = backbones.feature_extractor(backbone, keras.layers.Flatten())
-    head, stop = new_head(features), callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
+    head = new_head(features)
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    y_pred = run.phase("transfer", model, lambda: phases.fit_head(
-        run, "transfer", features, head, *task.train, cache="disk" if FEATURE_CACHE and not AUGMENT else None,
-        epochs=EPOCHS, batch_size=BATCH_SIZE, head_batch_size=HEAD_BATCH_SIZE, learning_rate=LEARNING_RATE,
-        test_data=task.test, more_callbacks=[stop], **options), task, feed=feed, reuse=REUSE_TRANSFER, stop=stop)
+    y_pred = run.fit_head("transfer", model, features, head, task, epochs=EPOCHS, reuse=REUSE_TRANSFER,
+                          cache="disk" if FEATURE_CACHE and not AUGMENT else None, head_batch_size=HEAD_BATCH_SIZE,
+                          learning_rate=LEARNING_RATE, about=f"InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) "
+                          "frozen", **options)
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
     #    BatchNormalization stays frozen: 2,000 photos cannot re-estimate ImageNet's statistics.
     if FINE_TUNE_EPOCHS:
         trainable = backbones.unfreeze(backbone, FINE_TUNE_AT)
-        print(f"\n== fine_tune: layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, "
-              f"{FINE_TUNE_EPOCHS} epochs")
-        stop = callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        y_pred = run.phase("fine_tune", model, lambda: phases.fine_tune(
-            run, "fine_tune", model, backbone, keras.layers.Flatten(), head, *task.train,
-            cache=FEATURE_CACHE and not AUGMENT, batch_size=BATCH_SIZE, epochs=FINE_TUNE_EPOCHS,
-            initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE, test_data=task.test, more_callbacks=[stop],
-            **options),
-            task, feed=feed, stop=stop)
+        y_pred = run.fine_tune("fine_tune", model, backbone, keras.layers.Flatten(), head, task,
+                               cache=FEATURE_CACHE and not AUGMENT, epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run,
+                               learning_rate=FINE_TUNE_LEARNING_RATE,
+                               about=f"layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen", **options)
 
-    # 7. The final transferred model on the test images (validation without test/): per-class scores and plots;
-    #    then saved as model.keras + labels.txt.
+    # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
     run.evaluate_final(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']})")
-    run.save_model(model, IMAGE, backbones.preprocessing_layers("InceptionV3"), CLASS_NAMES)
+    run.save_model(model, IMAGE, backbones.preprocessing_layers("InceptionV3"), task.classes)
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        print(f"\n== scratch: {task.samples} images, InceptionV3 to {CUT_LAYER}, random init, {SCRATCH_EPOCHS} epochs")
         scratch_features = backbones.scratch_features("InceptionV3", IMAGE_SIZE, keras.layers.Flatten(),
                                                       BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
         scratch = models.stack(IMAGE, [scratch_features, new_head(scratch_features)], name="scratch")
-        stop = callbacks.StopAtValAccuracy(STOP_AT_VAL_ACCURACY)
-        run.phase("scratch", scratch, lambda: phases.fit(
-            run, "scratch", scratch, *task.train, batch_size=BATCH_SIZE, epochs=SCRATCH_EPOCHS,
-            learning_rate=LEARNING_RATE, more_callbacks=[stop], **options),
-            task, feed=feed, stop=stop, batch_size=BATCH_SIZE)
+        run.fit("scratch", scratch, task, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, about="random init",
+                **options)
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

@@ -1,13 +1,9 @@
 """MNIST transfer learning: a CNN learns digits 0-6, then its frozen feature layers serve digits 7-9.
 
-Reproduces the published MNIST transfer experiment (features Conv32-Conv32-Pool-Dropout-Conv128-Pool,
-head A Dense 64-16-7, head B Dense 128-16-3, Adam, 10 epochs per phase) and adds the baseline it never
-had: the same network trained from scratch on digits 7-9 for the same epochs.
-
-Task A is the digits the base network learns first (0-6), task B the held-out ones (7-9). The features are
-the convolution layers, the head the dense layers on top. A run has three phases, each recorded on its own:
-"base" (features and head A on task A), "transfer" (a new head B on the frozen features, task B) and
-"scratch" (features and head B from random weights on task B: what did transfer buy?).
+Reproduces the published MNIST transfer experiment (Conv32-Conv32-Pool-Dropout-Conv128-Pool features, Dense
+heads 64-16-7 and 128-16-3, Adam, 10 epochs a phase) in three phases, each recorded on its own: "base" (the
+network on task A, digits 0-6), "transfer" (a new head on the frozen features, task B, digits 7-9) and
+"scratch" (the same network from random weights on task B: what did transfer buy?). docs/experiments.md.
 
     python mnist_transfer.py                                   # the whole experiment
     python mnist_transfer.py --epochs=2 --task_b_classes=5,6,7,8,9
@@ -18,13 +14,13 @@ the convolution layers, the head the dense layers on top. A run has three phases
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, data, models, phases
+from transferlab import data, models
 
 import keras
 
 # -----------------------------------------------------------------------------------------------------
-# Constants: edit them here, or override any from the shell as --name=value. Every experiment also has
-# SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, TENSORBOARD, RESULTS_DIR and RESUME (--help).
+# Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).
+# Every experiment also has SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, RESUME, ... (--help).
 TASK_A_CLASSES = [0, 1, 2, 3, 4, 5, 6]  # digits the base network learns (phase "base")
 TASK_B_CLASSES = [7, 8, 9]  # held-out digits for the new head (phases "transfer" and "scratch")
 EPOCHS = 10  # epochs in every phase, as published
@@ -39,27 +35,20 @@ FEATURE_CACHE = True  # transfer: run the frozen layers once, then train only th
 AUGMENT = False  # random shifts/rotations of the training images (turns the feature cache off)
 DATA_DIR: str | None = None  # folder with mnist.npz or mnist/train/<digit>/; None: $TRANSFER_DATA_DIR
 # -----------------------------------------------------------------------------------------------------
-# The constants only the phases after "base" read: with --reuse_base=True a run takes phase "base" from an earlier
-# run only when every other constant (and the data, code, library versions and distribution) is the same.
+# What only the phases after "base" read: --reuse_base=True takes a base trained with all else the same.
 LATER_CONSTANTS = {"base": ["TASK_B_CLASSES", "HEAD_BATCH_SIZE", "TASK_B_SAMPLES_PER_CLASS", "FREEZE_UP_TO",
                             "REUSE_BASE", "RUN_SCRATCH", "FEATURE_CACHE"]}
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
-# 1. Check the constants before any work, so a typo costs a second, not a training run.
-config.check_positive(EPOCHS=EPOCHS, BATCH_SIZE=BATCH_SIZE, HEAD_BATCH_SIZE=HEAD_BATCH_SIZE,
-                      LEARNING_RATE=LEARNING_RATE)
+# 1. Check the tasks before any work, so a typo costs a second, not a training run.
 data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10, TASK_B_SAMPLES_PER_CLASS)
 exp = experiment.start("mnist", CONFIG)
 
-# 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download;
-#    then split into the two tasks.
+# 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download.
 train, test, source = data.load_keras_dataset("mnist", data.data_dir(DATA_DIR), (28, 28), 10,
                                               keras.datasets.mnist.load_data, class_names=[str(d) for d in range(10)])
-task_a, task_b = data.tasks(train, test, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed,
+task_a, task_b = data.tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed,
                             task_b_samples_per_class=TASK_B_SAMPLES_PER_CLASS)
-source["samples"] = {**task_a.counts("task_a_"), **task_b.counts("task_b_")}
-print(f"MNIST from {source['source']}: task A {TASK_A_CLASSES}, task B {TASK_B_CLASSES}: "
-      + ", ".join(f"{n} {name}" for name, n in source["samples"].items()))
 
 
 # 3. The published network: feature layers shared by both tasks, a small dense head per task.
@@ -95,37 +84,26 @@ IMAGE = (28, 28, 1)
 frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
 options = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
 with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS) as run:
-    # 4. Phase "base": feature layers and head A learn task A from random init. Each phase saves its weights
-    #    when done, so a resumed run restores a finished phase instead of training it again. With
-    #    --reuse_base=True an earlier run's base network with the same constants but LATER_CONSTANTS, data and
-    #    code is taken instead (the record says which): a study that varies only task B trains it once per seed.
-    print(f"\n== base: {task_a.samples} images of digits {TASK_A_CLASSES}, {EPOCHS} epochs")
+    # 4. Phase "base": feature layers and head A learn task A from random init (or, with --reuse_base=True,
+    #    come from an earlier run: a study that varies only task B trains it once a seed).
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *dense_head(64, 0.25, len(TASK_A_CLASSES))], name="base")
-    run.phase("base", base, lambda: phases.fit(run, "base", base, *task_a.train, **options), task_a,
-              reuse=REUSE_BASE, batch_size=BATCH_SIZE)
+    run.fit("base", base, task_a, reuse=REUSE_BASE, **options)
 
-    # 5. Phase "transfer": freeze the feature layers (the first FREEZE_UP_TO of them), train a new head B,
-    #    on top of the feature layers left trainable, on task B. With the cache the frozen layers run once, in
-    #    inference mode, and only the rest trains on their output (in memory: these layers were trained in
-    #    this run, so no other run could reuse their features). Test through features + head, on raw images.
-    print(f"\n== transfer: {task_b.samples} images of digits {TASK_B_CLASSES}, {frozen_count} of "
-          f"{len(features.layers)} feature layers frozen, {EPOCHS} epochs")
+    # 5. Phase "transfer": a new head B on task B, over the feature layers, the first FREEZE_UP_TO frozen. The
+    #    frozen layers run once (cached in memory: no other run has these weights), then the rest trains.
     frozen, head, transfer = models.transfer(features, frozen_count, dense_head(128, 0.1, len(TASK_B_CLASSES)),
                                              LEARNING_RATE)
-    run.phase("transfer", transfer, lambda: phases.fit_head(
-        run, "transfer", frozen, head, *task_b.train, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-        head_batch_size=HEAD_BATCH_SIZE, test_data=task_b.test, augmentation=augmentation(), **options), task_b,
-        frozen_layers=frozen_count)
+    run.fit_head("transfer", transfer, frozen, head, task_b, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
+                 head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), record={"frozen_layers": frozen_count},
+                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen", **options)
 
     # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
     run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [str(digit) for digit in TASK_B_CLASSES])
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
-        print(f"\n== scratch: {task_b.samples} images of digits {TASK_B_CLASSES}, random init, {EPOCHS} epochs")
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *dense_head(128, 0.1, len(TASK_B_CLASSES))],
                                name="scratch")
-        run.phase("scratch", scratch, lambda: phases.fit(run, "scratch", scratch, *task_b.train, **options), task_b,
-                  batch_size=BATCH_SIZE)
+        run.fit("scratch", scratch, task_b, about="random init", **options)
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

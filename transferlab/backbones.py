@@ -44,12 +44,13 @@ def keras_models_dir():
     return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
 
 
-def load(name, image_size, weights, **options):
-    """The backbone without its classifier at image_size x image_size RGB, and where its weights came from.
+def load(name, image_size, weights, cut_at=None, **options):
+    """The backbone without its classifier at image_size x image_size RGB (up to the layer `cut_at`, with it:
+    `cut`), and where its weights came from.
 
     `weights` is "imagenet" (Keras's download, cached in ~/.keras/models), a path to a weights file, or
-    None (random initialisation). Returns (model, info) with info = {backbone, input_size, weights,
-    weights_sha256} for the record.
+    None (random initialisation, with a warning: there is nothing to transfer). Returns (model, info) with
+    info = {backbone, input_size, weights, weights_sha256, layers, cut_layer when cut} for the record.
     """
     application, _, smallest = APPLICATIONS[name]
     check(image_size >= smallest, f"--image_size={image_size}: {name} needs at least {smallest} pixels")
@@ -70,10 +71,15 @@ def load(name, image_size, weights, **options):
         source, digest = "imagenet", files.sha256(path) if os.path.isfile(path) else None
     elif weights is None:
         source, digest = "random", None
+        print("warning: --weights=None: the backbone is random, so transfer has nothing to transfer and its accuracy "
+              "means nothing (the record says weights: random)")
     else:
         source, digest = os.path.abspath(weights), files.sha256(weights)
     info = {"backbone": name, "input_size": image_size, "weights": source, "weights_sha256": digest,
             "layers": len(model.layers), **options}
+    if cut_at is not None:
+        model = cut(model, cut_at)
+        info.update(cut_layer=cut_at, layers=len(model.layers))
     return model, info
 
 

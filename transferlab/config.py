@@ -4,11 +4,13 @@ A script defines its constants as plain upper-case assignments, each with a shor
 then calls `configure(globals(), sys.argv[1:])`. Every constant can then be overridden as
 `--name=value` (the lower-case name). Values are parsed with `ast.literal_eval` (never `eval`); a value
 that is not a Python literal is taken as a string. Each value is checked against the type of the
-constant's default, or against its annotation when the default is None (`DATA_DIR: str | None = None`).
+constant's default, or against its annotation when the default is None (`DATA_DIR: str | None = None`),
+and every number against the range its name gives it (RANGES: `*_EPOCHS` >= 0, `*_SPLIT` in (0, 1), ...).
 """
 
 import ast
 import difflib
+import fnmatch
 import io
 import os
 import sys
@@ -46,6 +48,48 @@ def check_fraction(**values):
     """Each named value must lie strictly between 0 and 1 (a share of the data, a momentum)."""
     for name, value in values.items():
         check(0 < value < 1, f"--{name.lower()}={value}: must be in (0, 1)")
+
+
+def check_dropout(**values):
+    """Each named value must lie in [0, 1) (a share of units dropped: 0 drops none, 1 would drop all)."""
+    for name, value in values.items():
+        check(0 <= value < 1, f"--{name.lower()}={value}: must be in [0, 1)")
+
+
+def check_threshold(**values):
+    """Each named value must lie in (0, 1] (an accuracy to reach: 1.0 is reached only by a perfect score)."""
+    for name, value in values.items():
+        check(0 < value <= 1, f"--{name.lower()}={value}: must be in (0, 1]")
+
+
+# A constant's name says the range of its values, so that every script checks its constants the same way and a
+# new constant named like these needs no check of its own: (name pattern, its check), the first match decides.
+# None passes every check: a constant left unset, or one that a recipe fills and that is checked once filled.
+RANGES = (
+    ("EPOCHS", check_positive),  # the first phase's epochs
+    ("*_EPOCHS", check_non_negative),  # a later phase's: 0 skips it
+    ("*BATCH_SIZE", check_positive),
+    ("*LEARNING_RATE", check_positive),
+    ("*IMAGE_SIZE", check_positive),
+    ("*SAMPLES_PER_CLASS", check_positive),
+    ("*_WIDTH", check_positive),
+    ("*_FRACTION", check_fraction),
+    ("*_SPLIT", check_fraction),
+    ("*_MOMENTUM", check_fraction),
+    ("*DROPOUT", check_dropout),
+    ("*_ACCURACY", check_threshold),
+)
+
+
+def check_ranges(values):
+    """Check each number in {NAME: value} by the first of RANGES whose pattern its name matches."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        for pattern, check_range in RANGES:
+            if fnmatch.fnmatchcase(name, pattern):
+                check_range(**{name: value})
+                break
 
 
 def check_choice(**values):
@@ -198,6 +242,7 @@ def fill_from_recipe(namespace, values, recipe):
     for name, value in recipe.items():
         if values[name] is None:
             values[name] = namespace[name] = value
+    check_ranges(values)
     return values
 
 
@@ -206,7 +251,8 @@ def configure(namespace, argv, shared=None):
     `shared`, a module of constants (transferlab.run_constants), adds its constants, and their annotations,
     to those of the script that it does not set itself.
 
-    Returns the final {NAME: value} of every constant (what the run record stores as `config`).
+    Every number is checked by its name (RANGES). Returns the final {NAME: value} of every constant (what the
+    run record stores as `config`).
     """
     if shared is not None:
         annotations = namespace.setdefault("__annotations__", {})
@@ -221,7 +267,9 @@ def configure(namespace, argv, shared=None):
     check_later_constants(namespace)
     process.install()
     try:
-        return apply_overrides(namespace, argv)
+        values = apply_overrides(namespace, argv)
+        check_ranges(values)
+        return values
     except UserError as error:
         process.fail(error)
 

@@ -337,12 +337,14 @@ class Task:
                 if getattr(self, split) is not None}
 
 
-def tasks(train, test, task_a_classes, task_b_classes, seed, validation_fraction=None, task_b_samples_per_class=None):
+def tasks(train, test, source, task_a_classes, task_b_classes, seed, validation_fraction=None,
+          task_b_samples_per_class=None):
     """The two tasks of a transfer experiment, (task A, task B) as Tasks, from a dataset's (x, y) `train` and
-    `test` arrays: each with only its classes, labels remapped
-    to 0..n-1 (of_classes) and images scaled to [0, 1]. With `validation_fraction`, each task's training
-    images are shuffled with `seed` and that share held out (train_validation_split); then
-    `task_b_samples_per_class` cuts task B's training images (take_per_class). An empty split is a UserError."""
+    `test` arrays: each with only its classes, labels remapped to 0..n-1 (of_classes) and images scaled to
+    [0, 1]. With `validation_fraction`, each task's training images are shuffled with `seed` and that share
+    held out (train_validation_split); then `task_b_samples_per_class` cuts task B's training images
+    (take_per_class). An empty split is a UserError. Each split's count goes into `source` (the record's data
+    section, from load_keras_dataset) as its "samples", and is printed."""
     found = []
     for task, classes in (("a", task_a_classes), ("b", task_b_classes)):
         x, y = of_classes(*train, classes)
@@ -355,6 +357,9 @@ def tasks(train, test, task_a_classes, task_b_classes, seed, validation_fraction
         for split, (x, _) in splits.items():
             check(len(x) > 0, f"task {task.upper()} {split} is empty: no images of classes {classes}")
         found.append(Task(list(classes), **{split: (scale_images(x), y) for split, (x, y) in splits.items()}))
+    source["samples"] = {**found[0].counts("task_a_"), **found[1].counts("task_b_")}
+    print(f"data from {source['source']}: task A {list(task_a_classes)}, task B {list(task_b_classes)}: "
+          + ", ".join(f"{n} {name}" for name, n in source["samples"].items()))
     return tuple(found)
 
 

@@ -19,7 +19,8 @@ named there: forgetting one costs a reuse, never a stale network.
 import contextlib
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import config, distribute, files, litert, metrics, models, phases, plots, records, run_constants
+from transferlab import callbacks, config, distribute, files, litert, metrics, models, phases, plots, records
+from transferlab import run_constants
 
 import keras
 import numpy as np
@@ -82,8 +83,9 @@ class Run(records.Run):
         self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
         super().__init__(*args, inference_runtime=inference.record(), **kwargs)
 
-    def phase(self, name, model, train, task, *, feed=None, reuse=False, stop=None, **fields):
-        """Phase `name` of `model`, whose weights are what the phase leaves:
+    def phase(self, name, model, train, task, *, about=None, feed=None, reuse=False, stop=None, **fields):
+        """Phase `name` of `model`, whose weights are what the phase leaves, announced by a line
+        `== name: <training images> of <classes>, <about>`, then:
         - restored, when a resumed run had finished it (its weights loaded, nothing trained);
         - reused, with `reuse` True, from the newest earlier run that finished it from the same
           inputs (every constant not in LATER_CONSTANTS[name] or NOT_INPUTS), data, code and versions
@@ -96,6 +98,8 @@ class Run(records.Run):
           gets the task's classes and training images, epochs, seconds, scores, info and `fields`, and whether
           `stop` (a callbacks.StopAtValAccuracy the phase trained with) ended it early; the weights are saved.
         Returns the validation images' predicted classes when `train` gave them, else None."""
+        names = f"[{', '.join(map(str, task.classes))}]" if len(task.classes) <= 12 else f"{len(task.classes)} classes"
+        print(f"\n== {name}: {task.samples} images of {names}" + (f", {about}" if about else ""))
         if self.restore(name, model):
             return None
         if reuse and self.reuse(name, model, self.phase_inputs[name]):
@@ -116,6 +120,37 @@ class Run(records.Run):
                                validation=validation, **info, **fields)
         self.add_phase(name, entry, model=model)
         return predicted
+
+    def fit(self, name, model, task, **options):
+        """Phase `name` (`phase`): the whole `model` trained on `task` by phases.fit. Takes phases.fit's options
+        and `phase`'s (`about`, `reuse`, and `record`: more fields for the record; the batch size goes in by
+        itself), and `stop_at_val_accuracy`, a threshold that ends the phase early (callbacks.StopAtValAccuracy,
+        the record says whether it did). The task's validation images validate."""
+        return self._phase(name, model, task, phases.fit, [model], options, batch_size=options["batch_size"])
+
+    def fit_head(self, name, model, features, head, task, **options):
+        """Phase `name` (`phase`): a new `head` trained on the frozen `features` (phases.fit_head), `model` being
+        the two stacked; options as `fit`'s. The task's validation images validate, its test images score."""
+        return self._phase(name, model, task, phases.fit_head, [features, head], {**options, "test_data": task.test})
+
+    def fine_tune(self, name, model, backbone, pooling, head, task, **options):
+        """Phase `name` (`phase`): `model` (`backbone` -> `pooling` -> `head`) trained on after
+        backbones.unfreeze (phases.fine_tune); options as `fit`'s."""
+        return self._phase(name, model, task, phases.fine_tune, [model, backbone, pooling, head],
+                           {**options, "test_data": task.test})
+
+    def _phase(self, name, model, task, train, args, options, **fields):
+        """`phase` with `train` (phases.fit, fit_head or fine_tune) on `task`: `options` are the training's but for
+        `phase`'s own (about, reuse), `record` (more fields for the record, beside `fields`) and
+        stop_at_val_accuracy (a new callback for each phase)."""
+        about, reuse, threshold = (options.pop(key, None) for key in ("about", "reuse", "stop_at_val_accuracy"))
+        fields.update(options.pop("record", None) or {})
+        stop = None if threshold is None else callbacks.StopAtValAccuracy(threshold)
+        epochs = f"{'up to ' if stop else ''}{options['epochs']} epoch{'s' if options['epochs'] != 1 else ''}"
+        options.update(validation_data=task.validation, more_callbacks=[stop] if stop else [])
+        return self.phase(name, model, lambda: train(self, name, *args, *task.train, **options), task,
+                          about=f"{about}, {epochs}" if about else epochs, feed=options.get("feed"), reuse=bool(reuse),
+                          stop=stop, **fields)
 
     def evaluate_final(self, model, task, feed, predicted, title):
         """The final model (the last transfer phase's) on held-out images: the task's test images when it has
