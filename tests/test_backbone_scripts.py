@@ -167,6 +167,8 @@ def test_inception_with_random_weights_says_so_and_runs_the_published_recipe(ima
                         "--batch_size=8", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning: --weights=None: the backbone is random" in result.stdout
+    assert ("== transfer: 16 images of [class_a, class_b], InceptionV3 to mixed7 (random) frozen, up to 3 epochs\n"
+            in result.stdout)
     assert "val_accuracy 0." in result.stdout and "reached 0.01: stopping after epoch 1" in result.stdout
     record, folder = only_record(results, "inception")
     assert record["backbone"]["weights"] == "random" and record["backbone"]["weights_sha256"] is None

@@ -80,14 +80,19 @@ def test_weights_from_a_file_are_loaded_and_pinned_by_sha256(tmp_path):
     assert info["backbone"] == "InceptionV3" and info["input_size"] == 80
     cut = backbones.cut(loaded, "mixed7")
     assert cut.layers[-1].name == "mixed7" and cut.output_shape == (None, 3, 3, 768)
+    loaded_cut, cut_info = backbones.load("InceptionV3", 80, str(path), cut_at="mixed7")
+    assert loaded_cut.layers[-1].name == "mixed7" and loaded_cut.output_shape == (None, 3, 3, 768)
+    assert cut_info["cut_layer"] == "mixed7" and cut_info["layers"] == len(cut.layers) < info["layers"]
 
     with pytest.raises(UserError, match=r"weights file .* does not fit MobileNetV2 without its top"):
         backbones.load("MobileNetV2", 96, str(path))
 
 
-def test_random_weights_are_said_so_and_bad_requests_are_one_line_errors(tmp_path, monkeypatch):
+def test_random_weights_are_said_so_and_bad_requests_are_one_line_errors(tmp_path, monkeypatch, capsys):
     _, info = backbones.load("MobileNetV2", 32, None, alpha=0.35)
     assert info["weights"] == "random" and info["weights_sha256"] is None and info["alpha"] == 0.35
+    assert "warning: --weights=None: the backbone is random, so transfer has nothing to transfer" in \
+        capsys.readouterr().out
     with pytest.raises(UserError, match="weights file 'nowhere.h5' not found"):
         backbones.load("MobileNetV2", 96, "nowhere.h5")
     with pytest.raises(UserError, match="--image_size=60: InceptionV3 needs at least 75 pixels"):

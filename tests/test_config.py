@@ -170,6 +170,37 @@ def test_fill_from_recipe_fills_only_what_was_left_at_none():
     assert filled == namespace == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}
 
 
+@pytest.mark.parametrize("name, good, bad, message", [
+    ("EPOCHS", 1, 0, "--epochs must be > 0, got 0"),
+    ("FINE_TUNE_EPOCHS", 0, -1, "--fine_tune_epochs must be >= 0, got -1"),  # 0 skips the phase
+    ("HEAD_BATCH_SIZE", 1, 0, "--head_batch_size must be > 0, got 0"),
+    ("FINE_TUNE_LEARNING_RATE", 1e-5, 0.0, "--fine_tune_learning_rate must be > 0, got 0.0"),
+    ("IMAGE_SIZE", 32, -32, "--image_size must be > 0, got -32"),
+    ("TASK_B_SAMPLES_PER_CLASS", 1, 0, "--task_b_samples_per_class must be > 0, got 0"),
+    ("HEAD_WIDTH", 8, 0, "--head_width must be > 0, got 0"),
+    ("VALIDATION_FRACTION", 0.2, 1.0, "--validation_fraction=1.0: must be in (0, 1)"),
+    ("VALIDATION_SPLIT", 0.1, 0, "--validation_split=0: must be in (0, 1)"),
+    ("BATCHNORM_MOMENTUM", 0.9, 1.5, "--batchnorm_momentum=1.5: must be in (0, 1)"),
+    ("HEAD_DROPOUT", 0.0, 1.0, "--head_dropout=1.0: must be in [0, 1)"),
+    ("DROPOUT", 0.2, -0.1, "--dropout=-0.1: must be in [0, 1)"),
+    ("STOP_AT_VAL_ACCURACY", 1.0, 0.0, "--stop_at_val_accuracy=0.0: must be in (0, 1]"),
+])
+def test_a_constant_is_checked_by_the_range_its_name_gives(name, good, bad, message):
+    config.check_ranges({name: good, "SEED": -1, "NOTHING_SAID": -5, "RUN_SCRATCH": False})  # no rule: unchecked
+    config.check_ranges({name: None})  # unset, or a recipe's to fill
+    with pytest.raises(UserError) as caught:
+        config.check_ranges({"SEED": -1, name: bad})
+    assert str(caught.value) == message
+
+
+def test_configure_and_the_recipe_check_the_ranges(tmp_path):
+    ns = namespace(tmp_path)
+    config.check_ranges(config.apply_overrides(ns, ["--epochs=3"]))
+    recipe_ns = {"IMAGE_SIZE": None, "VALIDATION_SPLIT": None}
+    with pytest.raises(UserError, match=r"^--validation_split=1.2: must be in \(0, 1\)$"):
+        config.fill_from_recipe(recipe_ns, dict(recipe_ns), {"IMAGE_SIZE": 160, "VALIDATION_SPLIT": 1.2})
+
+
 def test_later_constants_may_name_only_constants(tmp_path):
     ns = namespace(tmp_path)
     ns["LATER_CONSTANTS"] = {"base": ["EPOCHS", "LEARNING_RATE"]}

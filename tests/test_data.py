@@ -43,6 +43,21 @@ def test_check_tasks_accepts_the_published_split():
     data.check_tasks([0, 1, 2, 3, 4, 5, 6], [7, 8, 9], num_classes=10)
 
 
+def test_two_tasks_split_scale_and_count_their_images(capsys):
+    # 10 training images of each of 4 classes, 2 test images of each: task A is [0, 1], task B [3, 2].
+    train = (np.full((40, 2, 2), 255, np.uint8), np.repeat(np.arange(4), 10))
+    test = (np.zeros((8, 2, 2), np.uint8), np.repeat(np.arange(4), 2))
+    source = {"source": "here.npz"}
+    task_a, task_b = data.tasks(train, test, source, [0, 1], [3, 2], seed=0, validation_fraction=0.2,
+                                task_b_samples_per_class=3)
+    assert source["samples"] == {"task_a_train": 16, "task_a_validation": 4, "task_a_test": 4,
+                                 "task_b_train": 6, "task_b_validation": 4, "task_b_test": 4}
+    assert "data from here.npz: task A [0, 1], task B [3, 2]: 16 task_a_train, 4 task_a_validation" in \
+        capsys.readouterr().out
+    assert task_b.classes == [3, 2] and np.bincount(task_b.train[1]).tolist() == [3, 3]
+    assert task_a.train[0].shape == (16, 2, 2, 1) and task_a.train[0].max() == 1.0  # scaled, a channel axis
+
+
 def write_npz(path, **overrides):
     arrays = {
         "x_train": np.zeros((6, 28, 28), np.uint8), "y_train": np.array([0, 1, 2, 7, 8, 9], np.uint8),

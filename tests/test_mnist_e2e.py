@@ -31,6 +31,10 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
                         "--head_batch_size=32")
     assert result.returncode == 0, result.stderr[-3000:]
     record, folder = only_record(results)
+    for line in ("== base: 280 images of [0, 1, 2, 3, 4, 5, 6], 2 epochs\n",  # each phase says what it learns
+                 "== transfer: 120 images of [7, 8, 9], 7 of 7 feature layers frozen, 2 epochs\n",
+                 "== scratch: 120 images of [7, 8, 9], random init, 2 epochs\n"):
+        assert line in result.stdout
 
     assert record["experiment"] == "mnist" and record["status"] == "complete"
     assert record["run_id"] == os.path.basename(folder)
