@@ -42,12 +42,12 @@ LATER_CONSTANTS = {"base": ["TASK_B_CLASSES", "HEAD_BATCH_SIZE", "TASK_B_SAMPLES
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the tasks before any work, so a typo costs a second, not a training run.
-data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10, TASK_B_SAMPLES_PER_CLASS)
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # by label
+data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, len(CLASS_NAMES), TASK_B_SAMPLES_PER_CLASS)
 exp = experiment.start("cifar10", CONFIG)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
 #    Keras's download. Each task: its classes, labels remapped, shuffled 80/20 into train and validation.
-CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # Keras's
 train, test, source = data.load_keras_dataset("cifar10", data.data_dir(DATA_DIR), (32, 32, 3), 10,
                                               keras.datasets.cifar10.load_data, class_names=CLASS_NAMES)
 task_a, task_b = data.tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed, VALIDATION_FRACTION,

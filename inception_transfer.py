@@ -54,12 +54,9 @@ CONFIG = experiment.configure(globals(), sys.argv[1:])
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS))
 exp = experiment.start("inception", CONFIG)
 root = folders.find(data.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
-with exp.scope():  # its weights are variables: under a strategy they must be created inside its scope
-    backbone, backbone_info = backbones.load("InceptionV3", IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER)
-backbones.layer_index(backbone, FINE_TUNE_AT)
+backbone, backbone_info = exp.backbone("InceptionV3", IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
 
-# 2. Data: the image folder (<class>/ or train/ with optional validation/ and test/): uint8 images at the input
-#    size, decoded in the pipelines a batch at a time, so memory does not grow with the folder.
+# 2. Data: the folder's images (<class>/, or train/ and optional validation/, test/), decoded a batch at a time.
 *splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT)
 task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
@@ -94,9 +91,8 @@ options = {"batch_size": BATCH_SIZE, "feed": feed, "optimizer": OPTIMIZER, "clas
            "stop_at_val_accuracy": STOP_AT_VAL_ACCURACY}
 with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
-    # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, with augmentation
-    #    the published way (the backbone runs every epoch), without it on cached features, until validation
-    #    accuracy reaches STOP_AT_VAL_ACCURACY.
+    # 5. Phase "transfer": only the new head learns, over the frozen backbone (every epoch with augmentation, as
+    #    published, else on cached features), until validation accuracy reaches STOP_AT_VAL_ACCURACY.
     features = backbones.feature_extractor(backbone, keras.layers.Flatten())
     head = new_head(features)
     model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)

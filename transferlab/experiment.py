@@ -1,12 +1,12 @@
 """The skeleton every experiment script shares, so that a script holds only what is its own: its constants,
 its data, its networks and its phases in order.
 
-    CONFIG = experiment.configure(globals(), sys.argv[1:])   # overrides, --help, the constants every run has
-    ... the script's own checks, as config.check(...) ...
+    CONFIG = experiment.configure(globals(), sys.argv[1:])   # overrides, --help, checks, every run's constants
+    ... the checks no constant's name says, as config.check(...) ...
     exp = experiment.start("mnist", CONFIG)                   # strategy, results folder, resume, seed
-    ... data ...
+    ... data (data.Task), networks ...
     with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE) as run:   # the record
-        run.phase("base", model, lambda: phases.fit(run, "base", model, ...), classes=..., samples=...)
+        run.fit("base", model, task_a, epochs=EPOCHS, batch_size=BATCH_SIZE, learning_rate=...)  # one call a phase
     # leaving the block: learning curves, the record's final status, the summary table
 
 A phase is restored when a resumed run had finished it, reused when asked and an earlier run trained it
@@ -19,7 +19,7 @@ named there: forgetting one costs a reuse, never a stale network.
 import contextlib
 
 from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import callbacks, config, distribute, files, litert, metrics, models, phases, plots, records
+from transferlab import backbones, callbacks, config, distribute, files, litert, metrics, models, phases, plots, records
 from transferlab import run_constants
 
 import keras
@@ -56,6 +56,15 @@ class Experiment:
     def scope(self):
         """Variables made inside are placed and replicated by the strategy (a backbone's weights, say)."""
         return self.strategy.scope()
+
+    def backbone(self, name, image_size, weights, cut_at=None, fine_tune_at=None):
+        """(backbone, its record section): backbones.load inside the strategy's scope (its weights are
+        variables the strategy must place), then `fine_tune_at` checked against its layers, before any work."""
+        with self.scope():
+            backbone, info = backbones.load(name, image_size, weights, cut_at=cut_at)
+        if fine_tune_at is not None:
+            backbones.layer_index(backbone, fine_tune_at)
+        return backbone, info
 
     @contextlib.contextmanager
     def run(self, data, *, title, batch_size, later_constants=None, **sections):
