@@ -3,7 +3,7 @@
 Reproduces the published MNIST transfer experiment (Conv32-Conv32-Pool-Dropout-Conv128-Pool features, Dense
 heads 64-16-7 and 128-16-3, Adam, 10 epochs a phase) in three phases, each recorded on its own: "base" (the
 network on task A, digits 0-6), "transfer" (a new head on the frozen features, task B, digits 7-9) and
-"scratch" (the same network from random weights on task B: what did transfer buy?). docs/experiments.md.
+"scratch" (the same network from random weights on task B: what did transfer buy?). More: docs/experiments.md
 
     python mnist_transfer.py                                   # the whole experiment
     python mnist_transfer.py --epochs=2 --task_b_classes=5,6,7,8,9

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from conftest import run_script
@@ -114,6 +118,15 @@ def test_script_help_lists_constants_and_exits_0():
                  "--task_b_classes=[7, 8, 9]", "--data_dir=None", "--results_dir='results'"):
         assert flag in result.stdout
     assert "held-out digits" in result.stdout
+
+
+def test_help_read_in_part_ends_quietly():
+    # `--help | head -1`: the reader closes the pipe after one line, which must not end in a traceback.
+    script = os.path.join(os.path.dirname(__file__), "..", "mnist_transfer.py")
+    shell = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} {script} --help | head -1"],
+                           capture_output=True, text=True, timeout=120)
+    assert shell.stdout.startswith("usage: python mnist_transfer.py") and shell.stderr == ""
+    assert shell.returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,10 @@ def configure(namespace, argv, shared=None):
                 if name in vars(shared).get("__annotations__", {}):
                     annotations.setdefault(name, shared.__annotations__[name])
     if "-h" in argv or "--help" in argv:
-        print(help_text(namespace, namespace.get("__file__", "script.py"), shared))
+        try:
+            print(help_text(namespace, namespace.get("__file__", "script.py"), shared), flush=True)
+        except BrokenPipeError:  # `--help | head` stopped reading: not an error, and nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     check_later_constants(namespace)
     process.install()
