@@ -43,7 +43,7 @@ CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the tasks before any work, so a typo costs a second, not a training run.
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # by label
-data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, len(CLASS_NAMES), TASK_B_SAMPLES_PER_CLASS)
+data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, len(CLASS_NAMES))
 exp = experiment.start("cifar10", CONFIG)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else

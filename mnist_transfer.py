@@ -41,7 +41,7 @@ LATER_CONSTANTS = {"base": ["TASK_B_CLASSES", "HEAD_BATCH_SIZE", "TASK_B_SAMPLES
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the tasks before any work, so a typo costs a second, not a training run.
-data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10, TASK_B_SAMPLES_PER_CLASS)
+data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10)
 exp = experiment.start("mnist", CONFIG)
 
 # 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download.

@@ -296,11 +296,9 @@ def of_classes(x, y, classes):
     return x[keep], lookup[y[keep]]
 
 
-def check_tasks(task_a, task_b, num_classes, task_b_samples_per_class=None):
-    """Class splits must name existing classes, not repeat one, and not share any between the tasks; task B's
-    training images per class, when cut, must be more than none."""
-    check(task_b_samples_per_class is None or task_b_samples_per_class > 0,
-          f"--task_b_samples_per_class must be > 0 or None, got {task_b_samples_per_class}")
+def check_tasks(task_a, task_b, num_classes):
+    """Class splits must name existing classes, not repeat one, and not share any between the tasks (the
+    per-class cut, TASK_B_SAMPLES_PER_CLASS, is checked by its name: config.RANGES)."""
     for name, classes in (("TASK_A_CLASSES", task_a), ("TASK_B_CLASSES", task_b)):
         check(len(classes) >= 2, f"--{name.lower()} needs at least 2 classes, got {classes}")
         check(len(set(classes)) == len(classes), f"--{name.lower()} repeats a class: {classes}")
