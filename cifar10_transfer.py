@@ -14,7 +14,8 @@ buy?). Its two fixes of the published script (a shuffled validation split, a 5-w
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import data, models
+from transferlab import models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 import keras
 
@@ -27,7 +28,7 @@ EPOCHS = 10  # epochs in every phase, as published
 BATCH_SIZE = 100  # batch size in every phase, as published
 HEAD_BATCH_SIZE = 100  # batch size for the head on cached features
 LEARNING_RATE = 0.001  # Adam's learning rate in every phase (Keras's default, as published)
-VALIDATION_FRACTION = 0.2  # share of each task's training images held out for validation, as published
+VALIDATION_SPLIT = 0.2  # share of each task's training images held out for validation, as published
 TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut task B's training set to this many per class (None: all)
 FREEZE_UP_TO: int | str | None = None  # feature layers frozen in transfer: how many (0: none) or a name; None: all
 REUSE_BASE = False  # take phase "base" from an earlier run in RESULTS_DIR with the same task A constants
@@ -43,15 +44,15 @@ CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the tasks before any work, so a typo costs a second, not a training run.
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # by label
-data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, len(CLASS_NAMES))
+tasks.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, len(CLASS_NAMES))
 exp = experiment.start("cifar10", CONFIG)
 
 # 2. Data: cifar10.npz or a cifar10/ image tree in the data directory (decoded once, then cached), else
 #    Keras's download. Each task: its classes, labels remapped, shuffled 80/20 into train and validation.
-train, test, source = data.load_keras_dataset("cifar10", data.data_dir(DATA_DIR), (32, 32, 3), 10,
-                                              keras.datasets.cifar10.load_data, class_names=CLASS_NAMES)
-task_a, task_b = data.tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed, VALIDATION_FRACTION,
-                            TASK_B_SAMPLES_PER_CLASS)
+train, test, source = sources.load_keras_dataset("cifar10", sources.data_dir(DATA_DIR), (32, 32, 3), 10,
+                                                 keras.datasets.cifar10.load_data, class_names=CLASS_NAMES)
+task_a, task_b = tasks.transfer_tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed,
+                                      VALIDATION_SPLIT, TASK_B_SAMPLES_PER_CLASS)
 
 
 # 3. The published network. Transfer freezes everything up to and including the Dropout(0.42) and trains
@@ -84,26 +85,27 @@ def augmentation():
 
 IMAGE = (32, 32, 3)
 frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
-options = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
+training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE)
 with exp.run(source, title="CIFAR-10 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS) as run:
     # 4. Phase "base": the network learns task A from random init (or, --reuse_base=True, an earlier run's).
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *dense_head(len(TASK_A_CLASSES))], name="base")
-    run.fit("base", base, task_a, reuse=REUSE_BASE, **options)
+    run.fit("base", base, task_a, training, reuse=REUSE_BASE)
 
     # 5. Phase "transfer": a new head on task B, over the feature layers, the first FREEZE_UP_TO frozen. The
     #    frozen layers run once (cached in memory: no other run has these weights), then the rest trains.
-    frozen, head, transfer = models.transfer(features, frozen_count, dense_head(len(TASK_B_CLASSES)), LEARNING_RATE)
-    run.fit_head("transfer", transfer, frozen, head, task_b, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-                 head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), record={"frozen_layers": frozen_count},
-                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen", **options)
-
-    # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
-    run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [CLASS_NAMES[c] for c in TASK_B_CLASSES])
+    #    The transferred model takes raw images when saved: the run scaled them to [0, 1].
+    transfer = Classifier.cut_from(features, frozen_count, dense_head(len(TASK_B_CLASSES)),
+                                   [keras.layers.Rescaling(1 / 255)])
+    head = phases.HeadOptions(cache="memory" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE,
+                              augmentation=tuple(augmentation()))
+    run.fit_head("transfer", transfer, task_b, training, head, record={"frozen_layers": frozen_count},
+                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen")
+    run.save_model(transfer, [CLASS_NAMES[c] for c in TASK_B_CLASSES])  # model.keras + labels.txt
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *dense_head(len(TASK_B_CLASSES))],
                                name="scratch")
-        run.fit("scratch", scratch, task_b, about="random init", **options)
+        run.fit("scratch", scratch, task_b, training, about="random init")
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

@@ -13,7 +13,8 @@ own: "transfer" (the head on the frozen backbone), and, off by default (the cour
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, folders, models
+from transferlab import backbones, config, folders, models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 import keras
 
@@ -25,12 +26,12 @@ VALIDATION_SPLIT = 0.2  # share of each class that validates (by file hash) when
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE = 150  # input pixels per side, as published
 CUT_LAYER = "mixed7"  # the backbone ends here: mid-level features transfer better than ImageNet's last ones
-HEAD_WIDTH = 1024  # Flatten -> Dense(HEAD_WIDTH, relu) -> Dropout -> output, as published
-DROPOUT = 0.2  # share of the head's Dense outputs dropped while training, as published
+HEAD = [1024]  # Flatten -> Dense(width, relu) for each width -> Dropout -> output: one of 1024, as published
+HEAD_DROPOUT = 0.2  # share of the last Dense layer's outputs dropped while the head trains, as published
 EPOCHS = 20  # epochs of the frozen phase "transfer", as published
 BATCH_SIZE = 20  # as published
 HEAD_BATCH_SIZE = 20  # batch size for the head on cached features (when AUGMENT is off)
-TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
+SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
 CLASS_WEIGHT: str | None = None  # "balanced": each class weighs the same in the loss, however many images it has
 LEARNING_RATE = 1e-4  # RMSprop's, as published
 OPTIMIZER = "rmsprop"  # adam, rmsprop or sgd, in every phase
@@ -52,13 +53,14 @@ CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS))
+config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
 exp = experiment.start("inception", CONFIG)
-root = folders.find(data.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
+root = folders.find(sources.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
 backbone, backbone_info = exp.backbone("InceptionV3", IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data: the folder's images (<class>/, or train/ and optional validation/, test/), decoded a batch at a time.
-*splits, source = folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT)
-task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
+*splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT)
+task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 
 # 3. Input pipelines. The course's ImageDataGenerator augmentation as Keras preprocessing layers, in the
@@ -74,52 +76,45 @@ def augmentation():
     ]) if AUGMENT else None
 
 
-feed = backbones.Feed("InceptionV3", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+feed = backbones.feed("InceptionV3", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE, OPTIMIZER, class_weight=CLASS_WEIGHTS, feed=feed,
+                             stop_at_val_accuracy=STOP_AT_VAL_ACCURACY)
 
 
 # 4. The network: InceptionV3 up to CUT_LAYER -> Flatten (the features) -> the course's head.
-def new_head(features):
-    return models.stack(features.output_shape[1:], [
-        keras.layers.Dense(HEAD_WIDTH, activation="relu"),
-        keras.layers.Dropout(DROPOUT),
-        models.output_layer(len(task.classes)),
-    ], name="head")
+def head_layers():
+    return [*(keras.layers.Dense(width, activation="relu") for width in HEAD), keras.layers.Dropout(HEAD_DROPOUT),
+            models.output_layer(len(task.classes))]
 
 
-IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-options = {"batch_size": BATCH_SIZE, "feed": feed, "optimizer": OPTIMIZER, "class_weight": CLASS_WEIGHTS,
-           "stop_at_val_accuracy": STOP_AT_VAL_ACCURACY}
+preprocessing = backbones.preprocessing_layers("InceptionV3")
 with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
     # 5. Phase "transfer": only the new head learns, over the frozen backbone (every epoch with augmentation, as
     #    published, else on cached features), until validation accuracy reaches STOP_AT_VAL_ACCURACY.
-    features = backbones.feature_extractor(backbone, keras.layers.Flatten())
-    head = new_head(features)
-    model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    y_pred = run.fit_head("transfer", model, features, head, task, epochs=EPOCHS, reuse=REUSE_TRANSFER,
-                          cache="disk" if FEATURE_CACHE and not AUGMENT else None, head_batch_size=HEAD_BATCH_SIZE,
-                          learning_rate=LEARNING_RATE, about=f"InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) "
-                          "frozen", **options)
+    classifier = Classifier.on_backbone(backbone, keras.layers.Flatten(), head_layers(), preprocessing)
+    head = phases.HeadOptions(cache="disk" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE)
+    run.fit_head("transfer", classifier, task, training, head, reuse=REUSE_TRANSFER,
+                 about=f"InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen")
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
     #    BatchNormalization stays frozen: 2,000 photos cannot re-estimate ImageNet's statistics.
     if FINE_TUNE_EPOCHS:
-        trainable = backbones.unfreeze(backbone, FINE_TUNE_AT)
-        y_pred = run.fine_tune("fine_tune", model, backbone, keras.layers.Flatten(), head, task,
-                               cache=FEATURE_CACHE and not AUGMENT, epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run,
-                               learning_rate=FINE_TUNE_LEARNING_RATE,
-                               about=f"layers from {FINE_TUNE_AT} on ({trainable} with weights) unfrozen", **options)
+        trainable = classifier.unfreeze(FINE_TUNE_AT)
+        run.fine_tune("fine_tune", classifier, task, training.replace(
+            epochs=FINE_TUNE_EPOCHS, initial_epoch=epochs_run, learning_rate=FINE_TUNE_LEARNING_RATE),
+            cache=FEATURE_CACHE and not AUGMENT, about=f"layers from {FINE_TUNE_AT} on ({trainable} with weights) "
+            "unfrozen")
 
     # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
-    run.evaluate_final(model, task, feed, y_pred, f"InceptionV3 ({backbone_info['weights']})")
-    run.save_model(model, IMAGE, backbones.preprocessing_layers("InceptionV3"), task.classes)
+    run.evaluate_final(classifier.model, task, feed, f"InceptionV3 ({backbone_info['weights']})")
+    run.save_model(classifier, task.classes)
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        scratch_features = backbones.scratch_features("InceptionV3", IMAGE_SIZE, keras.layers.Flatten(),
-                                                      BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
-        scratch = models.stack(IMAGE, [scratch_features, new_head(scratch_features)], name="scratch")
-        run.fit("scratch", scratch, task, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, about="random init",
-                **options)
+        random_backbone = backbones.scratch("InceptionV3", IMAGE_SIZE, BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
+        scratch = Classifier.on_backbone(random_backbone, keras.layers.Flatten(), head_layers(), preprocessing,
+                                         frozen=False, name="scratch")
+        run.fit("scratch", scratch.model, task, training.replace(epochs=SCRATCH_EPOCHS), about="random init")
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

@@ -14,7 +14,8 @@ network on task A, digits 0-6), "transfer" (a new head on the frozen features, t
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import data, models
+from transferlab import models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 import keras
 
@@ -41,14 +42,15 @@ LATER_CONSTANTS = {"base": ["TASK_B_CLASSES", "HEAD_BATCH_SIZE", "TASK_B_SAMPLES
 CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the tasks before any work, so a typo costs a second, not a training run.
-data.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10)
+tasks.check_tasks(TASK_A_CLASSES, TASK_B_CLASSES, 10)
 exp = experiment.start("mnist", CONFIG)
 
 # 2. Data: mnist.npz or a mnist/train/<digit>/ image tree in the data directory, else Keras's download.
-train, test, source = data.load_keras_dataset("mnist", data.data_dir(DATA_DIR), (28, 28), 10,
-                                              keras.datasets.mnist.load_data, class_names=[str(d) for d in range(10)])
-task_a, task_b = data.tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed,
-                            task_b_samples_per_class=TASK_B_SAMPLES_PER_CLASS)
+DIGITS = [str(digit) for digit in range(10)]  # the class names, by label
+train, test, source = sources.load_keras_dataset("mnist", sources.data_dir(DATA_DIR), (28, 28), 10,
+                                                 keras.datasets.mnist.load_data, class_names=DIGITS)
+task_a, task_b = tasks.transfer_tasks(train, test, source, TASK_A_CLASSES, TASK_B_CLASSES, exp.seed,
+                                      task_b_samples_per_class=TASK_B_SAMPLES_PER_CLASS)
 
 
 # 3. The published network: feature layers shared by both tasks, a small dense head per task.
@@ -82,28 +84,28 @@ def augmentation():
 
 IMAGE = (28, 28, 1)
 frozen_count = models.frozen_count(models.stack(IMAGE, feature_layers(), name="features"), FREEZE_UP_TO)  # checked now
-options = {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE}
+training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE)
 with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS) as run:
     # 4. Phase "base": feature layers and head A learn task A from random init (or, with --reuse_base=True,
     #    come from an earlier run: a study that varies only task B trains it once a seed).
     features = models.stack(IMAGE, feature_layers(), name="features")
     base = models.stack(IMAGE, [*augmentation(), features, *dense_head(64, 0.25, len(TASK_A_CLASSES))], name="base")
-    run.fit("base", base, task_a, reuse=REUSE_BASE, **options)
+    run.fit("base", base, task_a, training, reuse=REUSE_BASE)
 
     # 5. Phase "transfer": a new head B on task B, over the feature layers, the first FREEZE_UP_TO frozen. The
     #    frozen layers run once (cached in memory: no other run has these weights), then the rest trains.
-    frozen, head, transfer = models.transfer(features, frozen_count, dense_head(128, 0.1, len(TASK_B_CLASSES)),
-                                             LEARNING_RATE)
-    run.fit_head("transfer", transfer, frozen, head, task_b, cache="memory" if FEATURE_CACHE and not AUGMENT else None,
-                 head_batch_size=HEAD_BATCH_SIZE, augmentation=augmentation(), record={"frozen_layers": frozen_count},
-                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen", **options)
-
-    # The transferred model, taking raw images (the run scaled them to [0, 1]): model.keras + labels.txt.
-    run.save_model(transfer, IMAGE, [keras.layers.Rescaling(1 / 255)], [str(digit) for digit in TASK_B_CLASSES])
+    #    The transferred model takes raw images when saved: the run scaled them to [0, 1].
+    transfer = Classifier.cut_from(features, frozen_count, dense_head(128, 0.1, len(TASK_B_CLASSES)),
+                                   [keras.layers.Rescaling(1 / 255)])
+    head = phases.HeadOptions(cache="memory" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE,
+                              augmentation=tuple(augmentation()))
+    run.fit_head("transfer", transfer, task_b, training, head, record={"frozen_layers": frozen_count},
+                 about=f"{frozen_count} of {len(features.layers)} feature layers frozen")
+    run.save_model(transfer, [str(digit) for digit in TASK_B_CLASSES])  # model.keras + labels.txt
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:
         scratch = models.stack(IMAGE, [*augmentation(), *feature_layers(), *dense_head(128, 0.1, len(TASK_B_CLASSES))],
                                name="scratch")
-        run.fit("scratch", scratch, task_b, about="random init", **options)
+        run.fit("scratch", scratch, task_b, training, about="random init")
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

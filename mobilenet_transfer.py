@@ -17,7 +17,8 @@ ends with model.keras and labels.txt in its folder: python -m transferlab.predic
 import sys
 
 from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, data, folders, models
+from transferlab import backbones, config, folders, models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 import keras
 
@@ -35,7 +36,7 @@ HEAD_DROPOUT: float | None = None  # share of the pooled features dropped while 
 EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
 BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
 HEAD_BATCH_SIZE = 32  # batch size for the head on cached features
-TASK_B_SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
+SAMPLES_PER_CLASS: int | None = None  # cut the training images to this many per class (None: all)
 CLASS_WEIGHT: str | None = None  # "balanced": each class weighs the same in the loss, however many images it has
 LEARNING_RATE: float | None = None  # for the new head in the frozen phase, and for scratch
 OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
@@ -71,25 +72,33 @@ RECIPES = {  # each value's measurements: docs/results.md
               "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 5, "FINE_TUNE_AT": 0,
               "FINE_TUNE_LEARNING_RATE": 1e-3, "SCHEDULE": "cosine", "FINE_TUNE_BATCHNORM": True, "RUN_SCRATCH": True},
 }
-CONFIG = experiment.configure(globals(), sys.argv[1:])
+
+
+def recipe(c):  # the dataset's own recipe, or the one RECIPE names: it fills every constant left at None
+    name = c.RECIPE or c.DATASET
+    config.check_choice(DATASET=(c.DATASET, ("folder", "mnist")), RECIPE=(name, RECIPES))
+    config.check(name in ((c.DATASET,) if c.DATASET == "mnist" else ("folder", "tutorial")),
+                 f"--recipe={c.RECIPE} is not a recipe for --dataset={c.DATASET}")
+    return RECIPES[name]
+
+
+def derived(c):  # unless told, scratch trains as many epochs as transfer had
+    return {"SCRATCH_EPOCHS": c.EPOCHS + c.FINE_TUNE_EPOCHS if c.SCRATCH_EPOCHS is None else c.SCRATCH_EPOCHS}
+
+
+CONFIG = experiment.configure(globals(), sys.argv[1:], recipe=recipe, derive=derived)
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
-config.check_choice(DATASET=(DATASET, ("folder", "mnist")), RECIPE=(RECIPE or DATASET, RECIPES))
-config.check((RECIPE or DATASET) in ((DATASET,) if DATASET == "mnist" else ("folder", "tutorial")),
-             f"--recipe={RECIPE} is not a recipe for --dataset={DATASET}")
-CONFIG = config.fill_from_recipe(globals(), CONFIG, RECIPES[RECIPE or DATASET])
-if SCRATCH_EPOCHS is None:
-    CONFIG["SCRATCH_EPOCHS"] = SCRATCH_EPOCHS = EPOCHS + FINE_TUNE_EPOCHS
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS), SCHEDULE=(SCHEDULE, models.SCHEDULES))
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
 exp = experiment.start("mobilenet", CONFIG)
-root = folders.find(data.data_dir(DATA_DIR)) if DATASET == "folder" else None  # a mistyped folder: said first
+root = folders.find(sources.data_dir(DATA_DIR)) if DATASET == "folder" else None  # a mistyped folder: said first
 backbone, backbone_info = exp.backbone("MobileNetV2", IMAGE_SIZE, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data, uint8 RGB at the input size: a folder's files, decoded a batch at a time, or MNIST's digits in memory.
-*splits, source = (folders.load(root, IMAGE_SIZE, VALIDATION_SPLIT) if DATASET == "folder" else
-                   data.mnist_as_rgb(data.data_dir(DATA_DIR), IMAGE_SIZE, VALIDATION_SPLIT, exp.seed))
-task, CLASS_WEIGHTS = data.training_task(*splits, source, TASK_B_SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
+*splits, source = (folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT) if DATASET == "folder" else
+                   sources.mnist_as_rgb(sources.data_dir(DATA_DIR), IMAGE_SIZE, VALIDATION_SPLIT, exp.seed))
+task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 
 # 3. Input pipelines: shuffled and (optionally) augmented for training, the backbone's own preprocessing once.
@@ -101,48 +110,45 @@ def augmentation():
     return keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.2)])
 
 
-feed = backbones.Feed("MobileNetV2", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+feed = backbones.feed("MobileNetV2", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE, OPTIMIZER, class_weight=CLASS_WEIGHTS, feed=feed)
 
 
 # 4. The network: backbone -> global average pooling (the features) -> the head: dropout, HEAD's dense layers.
-def new_head():
+def head_layers():
     layers = [keras.layers.Dropout(HEAD_DROPOUT)] if HEAD_DROPOUT else []
-    layers += [keras.layers.Dense(width, activation="relu") for width in HEAD]
-    return models.stack((1280,), [*layers, models.output_layer(len(task.classes))], name="head")
+    return [*layers, *(keras.layers.Dense(width, activation="relu") for width in HEAD),
+            models.output_layer(len(task.classes))]
 
 
-IMAGE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-options = {"batch_size": BATCH_SIZE, "feed": feed, "optimizer": OPTIMIZER, "class_weight": CLASS_WEIGHTS}
+preprocessing = backbones.preprocessing_layers("MobileNetV2")
 with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, on the backbone's
     #    features computed once (on disk for later runs, as the head for a study: --reuse_transfer=True).
-    features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
-    head = new_head()
-    model = models.compile_classifier(models.stack(IMAGE, [features, head], name="transfer"), LEARNING_RATE)
-    y_pred = run.fit_head("transfer", model, features, head, task, epochs=EPOCHS, reuse=REUSE_TRANSFER,
-                          cache="disk" if FEATURE_CACHE and not AUGMENT else None, head_batch_size=HEAD_BATCH_SIZE,
-                          learning_rate=LEARNING_RATE, about=f"backbone ({backbone_info['weights']}) frozen", **options)
+    classifier = Classifier.on_backbone(backbone, keras.layers.GlobalAveragePooling2D(), head_layers(), preprocessing)
+    head = phases.HeadOptions(cache="disk" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE)
+    run.fit_head("transfer", classifier, task, training, head, about=f"backbone ({backbone_info['weights']}) frozen",
+                 reuse=REUSE_TRANSFER)
 
     # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate, epochs numbered on.
     #    The layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
     if FINE_TUNE_EPOCHS:
-        trainable = backbones.unfreeze(backbone, FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
-        y_pred = run.fine_tune(
-            "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head, task, epochs=FINE_TUNE_EPOCHS,
-            cache=FEATURE_CACHE and not AUGMENT, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE,
-            schedule=SCHEDULE, about=f"layers {FINE_TUNE_AT} on ({trainable} with weights) unfrozen, "
-            f"BatchNormalization {'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}", **options)
+        trainable = classifier.unfreeze(FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
+        run.fine_tune("fine_tune", classifier, task, training.replace(
+            epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE),
+            cache=FEATURE_CACHE and not AUGMENT, about=f"layers {FINE_TUNE_AT} on ({trainable} with weights) "
+            f"unfrozen, BatchNormalization {'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}")
 
     # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
-    run.evaluate_final(model, task, feed, y_pred, f"MobileNetV2 {DATASET}")
-    run.save_model(model, IMAGE, backbones.preprocessing_layers("MobileNetV2"), task.classes)
+    run.evaluate_final(classifier.model, task, feed, f"MobileNetV2 {DATASET}")
+    run.save_model(classifier, task.classes)
 
     # 8. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        scratch_features = backbones.scratch_features("MobileNetV2", IMAGE_SIZE, keras.layers.GlobalAveragePooling2D(),
-                                                      BATCHNORM_MOMENTUM)
-        scratch = models.stack(IMAGE, [scratch_features, new_head()], name="scratch")
-        run.fit("scratch", scratch, task, epochs=SCRATCH_EPOCHS, learning_rate=LEARNING_RATE, schedule=SCHEDULE,
-                about="random init", **options)
+        random_backbone = backbones.scratch("MobileNetV2", IMAGE_SIZE, BATCHNORM_MOMENTUM)
+        scratch = Classifier.on_backbone(random_backbone, keras.layers.GlobalAveragePooling2D(), head_layers(),
+                                         preprocessing, frozen=False, name="scratch")
+        run.fit("scratch", scratch.model, task, training.replace(epochs=SCRATCH_EPOCHS, schedule=SCHEDULE),
+                about="random init")
 # Leaving the run: learning curves of every phase (learning_curves.png), then what each phase cost and scored.

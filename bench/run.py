@@ -44,8 +44,8 @@ import tempfile
 import time
 
 from transferlab import runtime  # first: a quiet TensorFlow start
-from transferlab import (backbones, callbacks, compat, data, feature_cache, files, folders, images, litert, models,
-                         phases, predict)
+from transferlab import (backbones, callbacks, feature_cache, files, folders, images, litert, models, phases,
+                         pipelines, predict, sources, tasks)
 
 import keras
 import numpy as np
@@ -73,7 +73,7 @@ def run_script(script, args, env=None):
             out.seek(0)
             raise SystemExit(f"{script} {' '.join(args)} failed:\n{out.read()[-3000:]}")
     results_dir = next(a.split("=", 1)[1] for a in args if a.startswith("--results_dir="))
-    newest = max(glob.glob(os.path.join(results_dir, "*", "*", "record.json")), key=os.path.getmtime)
+    newest = max(glob.glob(os.path.join(results_dir, "*", "*", files.RECORD)), key=os.path.getmtime)
     with open(newest) as f:
         return json.load(f), seconds, peak_kib / 1024
 
@@ -90,22 +90,6 @@ def peak_resident_kib(pid):
     except OSError:  # not Linux, or the process is gone
         pass
     return 0
-
-
-class Run:
-    """A phases.RunLike whose files go to a scratch folder."""
-
-    tensorboard = True  # as the scripts run by default: its cost is part of the harness
-
-    def __init__(self, folder, seed):
-        self.folder, self.seed = folder, seed
-        os.makedirs(folder, exist_ok=True)
-
-    def file(self, name):
-        return os.path.join(self.folder, name)
-
-    def progress(self, phase, epoch):
-        pass
 
 
 def frozen_phase_and_full_run(mnist_dir, work, epochs, rounds):
@@ -178,8 +162,9 @@ def harness_overhead(x, y, work, epochs, batch_size, rounds):
     # fit (graph tracing) is left out. The figure is the median of the rounds' ratios.
     ours_seconds, bare_seconds = [], []
     for round_ in range(rounds):
-        ours = phases.fit(Run(os.path.join(work, f"harness{round_}"), 0), "base", cnn(), x, y, epochs=epochs,
-                          batch_size=batch_size, learning_rate=1e-3)
+        # TensorBoard on, as the scripts run by default: its cost is part of the harness
+        run = phases.StandInRun(os.path.join(work, f"harness{round_}"), seed=0, tensorboard=True)
+        ours = phases.fit(run, "base", cnn(), (x, y), phases.FitOptions(epochs, batch_size, learning_rate=1e-3))
         bare_model, bare_timer = models.compile_classifier(cnn(), 1e-3), callbacks.PhaseHistory()
         bare_model.fit(x, y, epochs=epochs, batch_size=batch_size, callbacks=[bare_timer], verbose=0)
         ours_seconds.append(statistics.median(ours.epoch_seconds[1:]))
@@ -201,7 +186,7 @@ def backbone_extraction(folder, weights, image_size, batch_size, rounds):
     preprocessed; then how close our runtime comes to the cores.
 
     Alternating rounds, the order swapped each round, so that slow spells of the machine fall on both
-    sides; the figure is the median of the rounds' ratios. Ours checks every file first (folders.load), then
+    sides; the figure is the median of the rounds' ratios. Ours checks every file first (folders.read_folder), then
     decodes in the pipeline while the backbone runs, in the runtime `auto` picks (LiteRT on this CPU; its
     conversion, cached on disk, is made in the warm-up round and reported apart). Figure 9: the GFLOP/s of
     our runtime on the decoded images against numpy's float32 matrix multiply on the same cores."""
@@ -219,9 +204,9 @@ def backbone_extraction(folder, weights, image_size, batch_size, rounds):
 
     def ours():
         start = time.perf_counter()
-        (x, y), (xv, yv), _, info = folders.load(folder, image_size, 0.2)
+        (x, y), (xv, yv), _, info = folders.read_folder(folder, image_size, 0.2)
         x, y = images.Files(np.concatenate([x.paths, xv.paths]), x.size), np.concatenate([y, yv])
-        batches = backbones.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
+        batches = pipelines.pipeline(x, y, preprocess=preprocess, batch_size=batch_size, seed=0)
         with tempfile.TemporaryDirectory() as tmp:
             feature_cache.extract(frozen, batches, len(x), os.path.join(tmp, "entry"), run_batch)
         return time.perf_counter() - start, info["scan_seconds"], x
@@ -296,7 +281,7 @@ def bottom_pass(backbone, ready, batch_size, fine_tune_at=100, rounds=3):
 def flops_per_image(model):
     """Floating-point operations (2 per multiply-add) of a model's convolutions and dense layers per image."""
     total = 0
-    for layer in compat.all_layers(model):
+    for layer in models.all_layers(model):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
             out = int(np.prod(layer.output.shape[1:]))
             if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -341,9 +326,9 @@ def time_to_accuracy(data_dir, weights, work, extra):
     only the converted backbone left in the cache."""
     cache = os.path.join(work, "empty_cache")
     args = [f"--data_dir={data_dir}", f"--weights={weights}", f"--results_dir={work}/tta", *extra]
-    record, wall, _ = run_script("mobilenet_transfer.py", args, env={data.CACHE_DIR_ENV: cache})
+    record, wall, _ = run_script("mobilenet_transfer.py", args, env={files.CACHE_DIR_ENV: cache})
     shutil.rmtree(os.path.join(cache, "features"), ignore_errors=True)
-    again, wall_converted, _ = run_script("mobilenet_transfer.py", args, env={data.CACHE_DIR_ENV: cache})
+    again, wall_converted, _ = run_script("mobilenet_transfer.py", args, env={files.CACHE_DIR_ENV: cache})
     transfer = record["phases"]["transfer"]
     result = {
         "figure": "5. Time to accuracy: the default cats-vs-dogs command, cold start to record",
@@ -384,8 +369,8 @@ def scaling(mnist_dir, weights, work, sizes):
     for per_class in sizes:
         record, _, peak = run_script("mobilenet_transfer.py", [
             "--dataset=mnist", f"--data_dir={mnist_dir}", f"--weights={weights}", "--epochs=2", "--fine_tune_epochs=0",
-            "--run_scratch=False", "--tensorboard=False", f"--task_b_samples_per_class={per_class}",
-            f"--results_dir={work}/scaling"], env={data.CACHE_DIR_ENV: os.path.join(work, f"cache_{per_class}")})
+            "--run_scratch=False", "--tensorboard=False", f"--samples_per_class={per_class}",
+            f"--results_dir={work}/scaling"], env={files.CACHE_DIR_ENV: os.path.join(work, f"cache_{per_class}")})
         transfer = record["phases"]["transfer"]
         rows.append((transfer["train_samples"], transfer["train_seconds"], peak))
         print(f"   {rows[-1][0]} samples: {rows[-1][1]:.1f} s, peak {peak:.0f} MB", flush=True)
@@ -433,7 +418,7 @@ def folder_memory(tree, weights, work, image_size, fractions, extra=()):
         args = [f"--data_dir={folder}", f"--weights={weights}", f"--image_size={image_size}", "--tensorboard=False",
                 f"--results_dir={work}/memory", *extra]
         record, wall, peak = run_script("mobilenet_transfer.py", args,
-                                        env={data.CACHE_DIR_ENV: os.path.join(work, f"memory_cache_{fraction}")})
+                                        env={files.CACHE_DIR_ENV: os.path.join(work, f"memory_cache_{fraction}")})
         rows.append((sum(record["data"]["samples"].values()), wall, peak))
         print(f"   {rows[-1][0]} images: {wall:.1f} s, peak {peak:.0f} MB", flush=True)
     n_last, m_last, time_ratio = rows[-1][0], rows[-1][2], last_step_over_range(rows)
@@ -495,7 +480,7 @@ def predict_throughput(folder, weights, image_size, batch_size):
     start = time.perf_counter()
     _, kept, _ = predict.classify(model, paths, batch_size, run_batch=run_batch)
     ours = time.perf_counter() - start
-    decoded, _, _ = images.decode(paths, (image_size, image_size))
+    decoded, _, _ = pipelines.decode(paths, (image_size, image_size))
     start = time.perf_counter()
     model.predict(decoded, batch_size=batch_size, verbose=0)
     bare = time.perf_counter() - start
@@ -530,7 +515,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny generated data: checks that every figure is produced; its numbers time nothing")
-    parser.add_argument("--data_dir", default=os.environ.get(data.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared",
+    parser.add_argument("--data_dir", default=os.environ.get(sources.DATA_DIR_ENV, os.path.join(ROOT, "..", "shared",
                                                                                             "datasets")),
                         help="folder with mnist.npz and cats_and_dogs_filtered/ (default: $TRANSFER_DATA_DIR, "
                              "else shared/datasets/ beside the checkout)")
@@ -556,13 +541,13 @@ def main(argv=None):
     if args.quick:
         mnist_dir, folder = quick_data(os.path.join(work, "data"))
         weights, image_size, epochs, extra = "None", 32, 2, ["--image_size=32", "--epochs=2", "--head=8"]
-        (x, y), _ = data.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
-        x, y = data.scale_images(x), y
+        (x, y), _ = sources.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
+        x, y = tasks.scale_images(x), y
     else:
         mnist_dir, folder = args.data_dir, folders.find(args.data_dir)
         weights, image_size, epochs, extra = args.weights, 160, 10, []
-        (x, y), _ = data.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
-        x, y = data.scale_images(x[:12000]), y[:12000]
+        (x, y), _ = sources.load_npz(os.path.join(mnist_dir, "mnist.npz"), (28, 28), 10)
+        x, y = tasks.scale_images(x[:12000]), y[:12000]
     figures = []
     if wanted & {1, 2}:
         print("figures 1-2: a full MNIST run, then rounds of its transfer phase both ways ...", flush=True)

@@ -168,7 +168,7 @@ def check_the_model_in_use(folder, image_root, export_images=True):
     every file, and LiteRT and SavedModel exports pass their checks (on those files, or with `export_images`
     False on the run's own validation images). Returns predict's rows and the exports' export.json entries."""
     from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-    from transferlab import images
+    from transferlab import pipelines
 
     import keras
 
@@ -183,7 +183,7 @@ def check_the_model_in_use(folder, image_root, export_images=True):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
     assert len(rows) == len(glob.glob(os.path.join(image_root, "*", "*")))
-    x, _, failed = images.decode([row["path"] for row in rows], model.input_shape[1:3], model.input_shape[3],
+    x, _, failed = pipelines.decode([row["path"] for row in rows], model.input_shape[1:3], model.input_shape[3],
                                  show=False)
     assert failed == []
     got = np.array([[{t["label"]: t["probability"] for t in row["top"]}[label] for label in labels] for row in rows])

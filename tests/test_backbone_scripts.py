@@ -120,7 +120,7 @@ def test_mobilenet_mnist_mode_reports_test_accuracy(mnist_dir, tmp_path):
     results = tmp_path / "results"
     result = run_script("mobilenet_transfer.py", "--dataset=mnist", f"--data_dir={mnist_dir}", "--weights=None",
                         "--epochs=1", "--fine_tune_epochs=0", "--run_scratch=False", "--head=16",
-                        "--task_b_samples_per_class=20",  # of the 360 training digits: validation, test stay whole
+                        "--samples_per_class=20",  # of the 360 training digits: validation, test stay whole
                         f"--results_dir={results}")  # fine-tuning is the three-class test's: it costs a minute
     assert result.returncode == 0, result.stderr[-3000:]
     record, folder = only_record(results, "mobilenet")
@@ -163,7 +163,7 @@ def test_inception_with_random_weights_says_so_and_runs_the_published_recipe(ima
     results = tmp_path / "results"
     # Two classes with 8 validation images: even random features get some right, so 0.01 is reached.
     result = run_script("inception_transfer.py", f"--data_dir={image_folder}", "--weights=None", "--image_size=75",
-                        "--epochs=3", "--fine_tune_epochs=2", "--stop_at_val_accuracy=0.01", "--head_width=8",
+                        "--epochs=3", "--fine_tune_epochs=2", "--stop_at_val_accuracy=0.01", "--head=8",
                         "--batch_size=8", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning: --weights=None: the backbone is random" in result.stdout
@@ -265,7 +265,7 @@ def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_pat
     results = tmp_path / "results"
     result = run_script("inception_transfer.py", f"--data_dir={tmp_path / 'photos'}", "--weights=None",
                         "--image_size=75", "--epochs=1", "--augment=False", "--cut_layer=mixed0", "--fine_tune_at=0",
-                        "--head_width=8", f"--results_dir={results}")
+                        "--head=8", f"--results_dir={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class folders (2 classes), 0.2 of each validates by file hash" in result.stdout
     record, folder = only_record(results, "inception")

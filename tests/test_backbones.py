@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-from transferlab import backbones, files, models
-from transferlab.config import UserError
+from transferlab import backbones, files, models, pipelines
+from transferlab.errors import UserError
 
 import keras
 
@@ -116,11 +116,11 @@ def test_pipeline_preprocesses_once_and_shuffles_only_for_training():
     x = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 255, 51, 102)])
     y = np.arange(4)
     preprocess = backbones.preprocess_function("MobileNetV2")
-    batches = list(backbones.pipeline(x, y, preprocess=preprocess, batch_size=3, seed=0))
+    batches = list(pipelines.pipeline(x, y, preprocess=preprocess, batch_size=3, seed=0))
     images = np.concatenate([b[0].numpy() for b in batches])
     assert [len(b[0]) for b in batches] == [3, 1]
     assert np.allclose(images[:, 0, 0, 0], [-1.0, 1.0, -0.6, -0.2])  # x / 127.5 - 1, applied once
-    training = backbones.pipeline(x, y, 0, preprocess=preprocess, batch_size=4, seed=1)
+    training = pipelines.pipeline(x, y, 0, preprocess=preprocess, batch_size=4, seed=1)
     epochs = [np.concatenate([b[1].numpy() for b in training]) for _ in range(6)]  # one pass per epoch
     assert all(sorted(epoch) == [0, 1, 2, 3] for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) > 1  # a new order each epoch

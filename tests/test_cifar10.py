@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, check_the_model_in_use, run_script
-from transferlab import data
+from transferlab import sources
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SHARED_CIFAR = os.path.join(SHARED, "datasets", "cifar10")
@@ -107,7 +107,7 @@ def test_npz_source_with_keras_layout(tmp_path):
 def test_help_lists_only_the_constants_block():
     result = run_script("cifar10_transfer.py", "--help")
     assert result.returncode == 0
-    assert "--validation_fraction=0.2" in result.stdout and "--batch_size=100" in result.stdout
+    assert "--validation_split=0.2" in result.stdout and "--batch_size=100" in result.stdout
     assert "--class_names" not in result.stdout  # a fact of the data, defined after the block
 
 
@@ -132,8 +132,8 @@ def test_real_cifar_subset_transfer_beats_chance_and_scratch(tmp_path, monkeypat
                 os.symlink(os.path.join(SHARED_CIFAR, split, name, file), folder / file)
     cache = tmp_path / "cache"
     monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(cache))
-    first = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
-    second = data.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    first = sources.load_image_tree(str(root), CLASSES, (32, 32, 3))
+    second = sources.load_image_tree(str(root), CLASSES, (32, 32, 3))
     assert (first[2]["cache"], second[2]["cache"]) == ("miss", "hit")
 
     result = run_script("cifar10_transfer.py", "--epochs=5", f"--data_dir={tmp_path / 'data'}",

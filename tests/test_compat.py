@@ -3,7 +3,7 @@
 import keras
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-from transferlab import compat
+from transferlab import compat, models
 
 
 def test_compat_was_checked_against_the_installed_keras():
@@ -17,7 +17,7 @@ def test_nested_layers_and_the_graph_are_found():
     dense = keras.layers.Dense(3, name="dense")
     outputs = dense(inner(inputs))
     model = keras.Model(inputs, outputs)
-    assert "bn" in [layer.name for layer in compat.all_layers(model)]  # model.layers shows only "inner"
+    assert "bn" in [layer.name for layer in models.all_layers(model)]  # model.layers shows only "inner"
     assert "bn" not in [layer.name for layer in model.layers]
     (taken,) = compat.inbound_tensors(dense)
     assert compat.producer(taken) is inner

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_script
 from transferlab import config
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 SOURCE = '''"""A test script."""
 EPOCHS = 10  # epochs per phase
@@ -47,8 +47,8 @@ def namespace(tmp_path):
 def test_good_overrides_are_parsed_to_the_constants_type(tmp_path, name, raw, expected):
     ns = namespace(tmp_path)
     values = config.apply_overrides(ns, [f"--{name.lower()}={raw}"])
-    assert values[name] == expected and ns[name] == expected
-    assert type(ns[name]) is type(expected)
+    assert values[name] == expected
+    assert type(values[name]) is type(expected)
 
 
 @pytest.mark.parametrize(
@@ -87,8 +87,8 @@ def test_unknown_name_lists_every_valid_name(tmp_path):
 
 def test_literal_eval_never_runs_code(tmp_path):
     ns = namespace(tmp_path)
-    config.apply_overrides(ns, ["--results_dir=__import__('os').system('echo hacked')"])
-    assert ns["RESULTS_DIR"] == "__import__('os').system('echo hacked')"  # kept as text, not run
+    values = config.apply_overrides(ns, ["--results_dir=__import__('os').system('echo hacked')"])
+    assert values["RESULTS_DIR"] == "__import__('os').system('echo hacked')"  # kept as text, not run
 
 
 def test_comments_and_help_text(tmp_path):
@@ -177,10 +177,48 @@ def test_an_int_or_str_constant_keeps_numbers_as_numbers_and_names_as_text():
 
 
 def test_fill_from_recipe_fills_only_what_was_left_at_none():
-    namespace = {"IMAGE_SIZE": None, "EPOCHS": 3, "FINE_TUNE_AT": None}
-    values = dict(namespace)
-    filled = config.fill_from_recipe(namespace, values, {"IMAGE_SIZE": 160, "EPOCHS": 10, "FINE_TUNE_AT": 0})
-    assert filled == namespace == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}
+    values = {"IMAGE_SIZE": None, "EPOCHS": 3, "FINE_TUNE_AT": None}
+    filled = config.fill_from_recipe(values, {"IMAGE_SIZE": 160, "EPOCHS": 10, "FINE_TUNE_AT": 0})
+    assert filled == {"IMAGE_SIZE": 160, "EPOCHS": 3, "FINE_TUNE_AT": 0}
+    assert values["IMAGE_SIZE"] is None  # a new dict: nothing is written back
+
+
+def test_configure_sets_the_globals_once_and_returns_a_frozen_config(tmp_path):
+    ns = namespace(tmp_path)
+    ns["EPOCHS"], ns["RECIPES"] = None, {"quick": {"EPOCHS": 2, "LEARNING_RATE": 0.5}}
+    seen = []
+
+    def recipe(c):
+        seen.append(("recipe", c.EPOCHS, ns["EPOCHS"]))  # the globals are not written before the end
+        return ns["RECIPES"]["quick"]
+
+    def derived(c):
+        seen.append(("derive", c.EPOCHS))
+        return {"RUN_SCRATCH": c.EPOCHS > 1}
+
+    found = config.configure(ns, ["--learning_rate=0.1", "--run_scratch=False"], recipe=recipe, derive=derived)
+    assert seen == [("recipe", None, None), ("derive", 2)]
+    assert found.EPOCHS == ns["EPOCHS"] == 2 and found["LEARNING_RATE"] == ns["LEARNING_RATE"] == 0.1  # shell wins
+    assert found.RUN_SCRATCH is ns["RUN_SCRATCH"] is True  # derived last
+    assert dict(found) == config.constants(ns)
+    with pytest.raises(AttributeError, match="a run's constants are frozen: set EPOCHS in the constants block or "
+                                             "with --epochs="):
+        found.EPOCHS = 3
+    with pytest.raises(TypeError):
+        found["EPOCHS"] = 3
+
+
+def test_an_old_name_sets_the_new_constant_with_a_notice(tmp_path, capsys):
+    ns = namespace(tmp_path)
+    ns["VALIDATION_SPLIT"], ns["HEAD"] = 0.2, [8]
+    values = config.apply_overrides(ns, ["--validation_fraction=0.3", "--head_width=16"])
+    assert values["VALIDATION_SPLIT"] == 0.3 and values["HEAD"] == [16]
+    assert "VALIDATION_FRACTION" not in values and "HEAD_WIDTH" not in values
+    assert capsys.readouterr().err.splitlines() == [
+        "notice: --validation_fraction is now --validation_split; the old name works until the next release",
+        "notice: --head_width is now --head; the old name works until the next release"]
+    ns["HEAD_WIDTH"] = 4  # a script that still has the old name: it is that script's constant
+    assert config.apply_overrides(ns, ["--head_width=16"])["HEAD_WIDTH"] == 16
 
 
 @pytest.mark.parametrize("name, good, bad, message", [
@@ -211,7 +249,7 @@ def test_configure_and_the_recipe_check_the_ranges(tmp_path):
     config.check_ranges(config.apply_overrides(ns, ["--epochs=3"]))
     recipe_ns = {"IMAGE_SIZE": None, "VALIDATION_SPLIT": None}
     with pytest.raises(UserError, match=r"^--validation_split=1.2: must be in \(0, 1\)$"):
-        config.fill_from_recipe(recipe_ns, dict(recipe_ns), {"IMAGE_SIZE": 160, "VALIDATION_SPLIT": 1.2})
+        config.fill_from_recipe(dict(recipe_ns), {"IMAGE_SIZE": 160, "VALIDATION_SPLIT": 1.2})
 
 
 def test_later_constants_may_name_only_constants(tmp_path):

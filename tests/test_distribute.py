@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script
-from test_phases import FakeRun
 from transferlab import distribute, models, phases
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 # Four epochs: enough for these tiny tasks to settle, so one device and two replicas (whose Dropout masks
 # and summation order differ) end near the same accuracy.
@@ -113,7 +112,8 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_outputs_float32(tmp_path):
                                          models.output_layer(3)], name="m")
         x = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
         y = np.arange(64) % 3
-        fitted = phases.fit(FakeRun(tmp_path), "p", model, x, y, epochs=1, batch_size=16, learning_rate=0.01)
+        fitted = phases.fit(phases.StandInRun(tmp_path), "p", model, (x, y),
+                            phases.FitOptions(epochs=1, batch_size=16, learning_rate=0.01))
         assert model.layers[0].compute_dtype == "bfloat16"
         assert model.layers[-1].compute_dtype == "float32" and model.predict(x, verbose=0).dtype == np.float32
         assert np.isfinite(fitted.history["loss"]).all()

@@ -13,11 +13,11 @@ from conftest import ROOT, make_image_folder
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import folders, images
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 
 def test_load_decodes_every_readable_image_and_reports_the_rest(image_folder):
-    (files, y_train), (x_val, y_val), _, info = folders.load(str(image_folder), 16, 0.2)
+    (files, y_train), (x_val, y_val), _, info = folders.read_folder(str(image_folder), 16, 0.2)
     assert isinstance(files, images.Files) and "corrupt.jpg" not in " ".join(files.paths)  # not decoded yet
     x_train = np.asarray(files)
     assert x_train.shape == (16, 16, 16, 3) and x_train.dtype == np.uint8  # grey, RGBA, palette became RGB
@@ -48,7 +48,7 @@ def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys)
                         ("b/la.png", colour.convert("LA")), ("b/rgb.png", colour)):
         (tmp_path / "train" / name).parent.mkdir(parents=True, exist_ok=True)
         image.save(tmp_path / "train" / name)
-    train, validation, _, info = folders.load(str(tmp_path), 8, 0.5)
+    train, validation, _, info = folders.read_folder(str(tmp_path), 8, 0.5)
     pixels = np.concatenate([np.asarray(train[0]), np.asarray(validation[0])])
     assert len(pixels) == 4 and info["skipped_count"] == 0
     assert info["converted_images"] == {"1": 1, "CMYK": 1, "LA": 1}
@@ -58,12 +58,12 @@ def test_cmyk_and_other_modes_are_converted_to_rgb_and_counted(tmp_path, capsys)
 
 
 def test_without_a_validation_folder_a_share_of_each_class_validates_the_same_every_time(image_folder_3):
-    train, validation, test, info = folders.load(str(image_folder_3), 16, 0.2)
+    train, validation, test, info = folders.read_folder(str(image_folder_3), 16, 0.2)
     assert len(train[0]) + len(validation[0]) == 30 and test is None
     assert info["samples"] == {"train": len(train[0]), "validation": len(validation[0])}
     assert set(validation[1].tolist()) == {0, 1, 2} and set(train[1].tolist()) == {0, 1, 2}
     assert info["validation"] == "0.2 of train/, by file hash" and info["layout"] == "split folders"
-    other = folders.load(str(image_folder_3), 16, 0.2)  # the split is a function of the file names
+    other = folders.read_folder(str(image_folder_3), 16, 0.2)  # the split is a function of the file names
     assert np.array_equal(other[1][0].paths, validation[0].paths) and info["sha256"] == other[3]["sha256"]
 
 
@@ -79,7 +79,7 @@ def flat_folder(root, per_class, start=0, classes=("cat", "dog")):
 def test_class_folders_without_a_train_level_are_a_layout_of_their_own(tmp_path, capsys):
     flat_folder(tmp_path / "photos", 40, classes=("cat", "dog", "fox"))
     assert folders.find(str(tmp_path / "photos")) == str(tmp_path / "photos")
-    train, validation, test, info = folders.load(str(tmp_path / "photos"), 8, 0.25)
+    train, validation, test, info = folders.read_folder(str(tmp_path / "photos"), 8, 0.25)
     assert f"image folder {tmp_path / 'photos'}: class folders (3 classes), 0.25 of each validates by file hash" \
         in capsys.readouterr().out
     assert info["layout"] == "class folders" and info["class_names"] == ["cat", "dog", "fox"] and test is None
@@ -107,7 +107,7 @@ def test_split_folders_take_val_as_validation_and_a_test_folder_as_test(tmp_path
     root = tmp_path / "photos"
     for split, count in (("train", 6), ("val", 3), ("test", 4)):
         flat_folder(root / split, count)
-    train, validation, test, info = folders.load(str(root), 8, 0.2)
+    train, validation, test, info = folders.read_folder(str(root), 8, 0.2)
     assert [len(train[1]), len(validation[1]), len(test[1])] == [12, 6, 8]
     assert info["samples"] == {"train": 12, "validation": 6, "test": 8} and info["validation"] == "val/ folder"
     assert np.bincount(test[1]).tolist() == [4, 4]
@@ -125,7 +125,7 @@ def test_a_split_folder_that_does_not_match_train_is_a_one_line_error(tmp_path, 
         flat_folder(root / split, count)
     breakage(root)
     with pytest.raises(UserError) as error:
-        folders.load(str(root), 8, 0.2)
+        folders.read_folder(str(root), 8, 0.2)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -139,7 +139,7 @@ def test_a_split_folder_that_does_not_match_train_is_a_one_line_error(tmp_path, 
 def test_bad_layouts_are_one_line_errors_naming_the_folder(image_folder, breakage, message):
     breakage(image_folder)
     with pytest.raises(UserError, match=None) as error:
-        folders.load(str(image_folder), 16, 0.2)
+        folders.read_folder(str(image_folder), 16, 0.2)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -196,26 +196,23 @@ def test_what_a_zip_tool_or_an_operating_system_adds_is_neither_a_class_nor_a_sk
 STREAMED_PHASE = '''
 import json, sys
 from transferlab import runtime  # noqa: F401
-from transferlab import backbones, folders, models, phases
+from transferlab import backbones, files, folders, models, phases, tasks
 import keras
 
 def peak_mb():  # the process's peak resident memory so far (Linux)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
-class Run:
-    tensorboard, seed = False, 0
-    def file(self, name): return f"{sys.argv[2]}/{name}"
-    def progress(self, phase, epoch): pass
-
 pooled = keras.Sequential([keras.Input((256, 256, 3)), keras.layers.AveragePooling2D(32), keras.layers.Flatten()])
 head = models.stack(pooled.output_shape[1:], [models.output_layer(2)], name="head")
-feed = backbones.Feed("MobileNetV2", batch_size=32, seed=0)
+feed = backbones.feed("MobileNetV2", batch_size=32, seed=0)
 before = peak_mb()
-train, validation, _, _ = folders.load(sys.argv[1], 256, 0.2)
-options = dict(epochs=1, batch_size=32, head_batch_size=32, learning_rate=1e-3, validation_data=validation, feed=feed)
-_, info, _, _ = phases.fit_head(Run(), "cached", pooled, head, *train, cache="disk", **options)  # the feature pass
-phases.fit_head(Run(), "whole", pooled, head, *train, cache=None, **options)  # an epoch through the whole stack
+train, validation, _, _ = folders.read_folder(sys.argv[1], 256, 0.2)
+task = tasks.Task([0, 1], train, validation)
+options = phases.FitOptions(epochs=1, batch_size=32, learning_rate=1e-3, feed=feed)
+run = phases.StandInRun(sys.argv[2])
+info = phases.fit_head(run, "cached", pooled, head, task, options, phases.HeadOptions("disk", 32)).info  # features
+phases.fit_head(run, "whole", pooled, head, task, options, phases.HeadOptions(None, 32))  # an epoch through it all
 print(json.dumps({"growth_mb": peak_mb() - before, "cache": info["feature_cache"], "images": len(train[1])}))
 '''
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_script
 from transferlab import models
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 
 def features():

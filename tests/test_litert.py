@@ -9,7 +9,7 @@ import pytest
 from conftest import run_script
 
 from transferlab import backbones, feature_cache, litert, models
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 pytestmark = pytest.mark.skipif(litert.interpreter_class() is None, reason="needs ai-edge-litert (requirements.txt)")
 

@@ -5,7 +5,7 @@ import pytest
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import models
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 
 def rates(schedule, steps):

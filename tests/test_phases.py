@@ -1,25 +1,10 @@
-import functools
-
 import keras
 import numpy as np
 import pytest
 
-from transferlab import backbones, extraction, models, phases, records
-
-
-class FakeRun:
-    """A phases.RunLike for tests: the seed, files in a scratch folder, progress notes kept in a list."""
-
-    tensorboard = False
-
-    def __init__(self, folder, seed=0):
-        self.folder, self.seed, self.notes = folder, seed, []
-
-    def file(self, name):
-        return str(self.folder / name)
-
-    def progress(self, phase, epoch):
-        self.notes.append((phase, epoch))
+from transferlab import backbones, extraction, models, phases, pipelines, records, tasks
+from transferlab.classifier import Classifier
+from transferlab.phases import FitOptions, HeadOptions, StandInRun
 
 
 def tiny_model():
@@ -31,28 +16,29 @@ def test_timer_and_summary_describe_the_fit(tmp_path):
     x = np.random.rand(64, 4).astype("float32")
     y = np.arange(64) % 3
     model = tiny_model()
-    run = FakeRun(tmp_path)
-    fitted = phases.fit(run, "demo", model, x, y, epochs=3, batch_size=16, learning_rate=0.01)
+    run = StandInRun(tmp_path)
+    fitted = phases.fit(run, "demo", model, (x, y), FitOptions(epochs=3, batch_size=16, learning_rate=0.01))
     assert len(fitted.history["loss"]) == 3 and model.optimizer.learning_rate.numpy() == np.float32(0.01)
     assert fitted.history["epoch"] == [0, 1, 2] and run.notes == [("demo", 1), ("demo", 2), ("demo", 3)]
     assert len(fitted.epoch_seconds) == 3
     assert fitted.fit_seconds >= sum(fitted.epoch_seconds) > 0
     assert (tmp_path / "history_demo.csv").read_text().splitlines()[0].startswith("epoch,")
 
-    test = model.evaluate(x, y, verbose=0)
-    summary = phases.summary([7, 8, 9], x, 3, fitted, test, model, extra_seconds=1.5, batch_size=16)
+    test = models.predict_scores(model, x, y)
+    fitted.extra_seconds = 1.5
+    summary = phases.summary(fitted, [7, 8, 9], x, model, test)
     assert summary["classes"] == [7, 8, 9] and summary["train_samples"] == 64 and summary["epochs"] == 3
     assert summary["train_seconds"] == round(fitted.fit_seconds + 1.5, 3)
     assert summary["first_epoch_seconds"] == round(fitted.epoch_seconds[0], 3)
     assert summary["steady_epoch_seconds"] == round(float(np.median(fitted.epoch_seconds[1:])), 3)
     assert summary["trainable_params"] == 4 * 3 + 3 and summary["batch_size"] == 16
-    assert summary["test_accuracy"] == test[1]
+    assert summary["test_accuracy"] == test.accuracy
 
 
 def test_each_epoch_logs_the_learning_rate_of_its_last_step(tmp_path):
     x = np.random.default_rng(0).random((64, 4)).astype("float32")  # 4 steps an epoch at batch 16
-    fitted = phases.fit(FakeRun(tmp_path), "demo", tiny_model(), x, np.arange(64) % 3, epochs=4, batch_size=16,
-                       learning_rate=0.01, schedule="cosine")
+    fitted = phases.fit(StandInRun(tmp_path), "demo", tiny_model(), (x, np.arange(64) % 3),
+                        FitOptions(epochs=4, batch_size=16, learning_rate=0.01, schedule="cosine"))
     # cosine from 0.01 to 0 over 16 steps, read after steps 4, 8, 12, 16
     expected = [0.01 * (1 + np.cos(np.pi * step / 16)) / 2 for step in (4, 8, 12, 16)]
     assert fitted.history["learning_rate"] == pytest.approx(expected, abs=1e-7)
@@ -63,8 +49,8 @@ def test_each_epoch_logs_the_learning_rate_of_its_last_step(tmp_path):
 def test_nan_loss_stops_training_and_fails_the_phase(tmp_path):
     x = np.full((32, 4), np.nan, dtype="float32")
     with pytest.raises(FloatingPointError, match="phase nan: the loss became NaN or infinite in epoch 1;"):
-        phases.fit(FakeRun(tmp_path), "nan", tiny_model(), x, np.zeros(32), epochs=5, batch_size=8,
-                   learning_rate=0.01)
+        phases.fit(StandInRun(tmp_path), "nan", tiny_model(), (x, np.zeros(32)),
+                   FitOptions(epochs=5, batch_size=8, learning_rate=0.01))
     assert len((tmp_path / "history_nan.csv").read_text().splitlines()) == 2  # header + the one epoch
 
 
@@ -93,17 +79,18 @@ def test_validation_and_test_scores_on_cached_features_are_the_whole_models(cach
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 6)).astype(np.float32), np.arange(96) % 3
     test_x, test_y = rng.random((30, 6)).astype(np.float32), np.arange(30) % 3
-    fitted, info, _, test = phases.fit_head(FakeRun(tmp_path), "t", frozen, head, x, y, cache=cache, epochs=3,
-                                            batch_size=16, head_batch_size=16, learning_rate=0.05,
-                                            validation_data=(x[:40], y[:40]), test_data=(test_x, test_y))
+    task = tasks.Task([0, 1, 2], (x, y), validation=(x[:40], y[:40]), test=(test_x, test_y))
+    fitted = phases.fit_head(StandInRun(tmp_path), "t", frozen, head, task,
+                             FitOptions(epochs=3, batch_size=16, learning_rate=0.05), HeadOptions(cache, batch_size=16))
+    info, test = fitted.info, fitted.test
     whole = models.compile_classifier(models.stack((6,), [frozen, head], name="whole"), 0.05)
     loss, accuracy = whole.evaluate(x[:40], y[:40], verbose=0)
     assert info["feature_cache"] == ("memory" if cache == "memory" else "miss")
     assert fitted.history["val_accuracy"][-1] == pytest.approx(accuracy)
     assert fitted.history["val_loss"][-1] == pytest.approx(loss, rel=1e-5)
     test_loss, test_accuracy = whole.evaluate(test_x, test_y, verbose=0)
-    assert test[0] == pytest.approx(test_loss, rel=1e-5) and test[1] == pytest.approx(test_accuracy)
-    np.testing.assert_array_equal(test[2], models.predict_classes(whole, test_x))
+    assert test.loss == pytest.approx(test_loss, rel=1e-5) and test.accuracy == pytest.approx(test_accuracy)
+    np.testing.assert_array_equal(test.classes, models.predict_classes(whole, test_x))
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -116,7 +103,7 @@ def test_a_compiled_classifier_traces_its_training_step_once(tmp_path, classes):
     traced = []
     step = model.train_step
     model.train_step = lambda data: traced.append(1) or step(data)
-    phases.fit(FakeRun(tmp_path), "base", model, x, y, epochs=2, batch_size=16, learning_rate=1e-2)
+    phases.fit(StandInRun(tmp_path), "base", model, (x, y), FitOptions(epochs=2, batch_size=16, learning_rate=1e-2))
     assert len(traced) == 1
     assert model.optimizer.iterations.numpy() == 8  # the prebuilt optimizer is the one that trained
     assert set(model.get_metrics_result()) == {"loss", "accuracy"}
@@ -125,7 +112,7 @@ def test_a_compiled_classifier_traces_its_training_step_once(tmp_path, classes):
 def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8), np.arange(24) % 3
-    feed = functools.partial(backbones.pipeline, preprocess=lambda images: images / 127.5 - 1, batch_size=8, seed=0)
+    feed = pipelines.Feed("scaled", lambda images: images / 127.5 - 1, batch_size=8, seed=0)
     runs = {}
     # 512 bytes of activations an image at the cut (2x2x32 float32): 24 training and validation images fit under
     # 15,000 bytes, the 12 test images on top do not, so those are left to the caller's pass
@@ -139,28 +126,27 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
         # (no gradient, nothing would train): one pass at momentum 0 sets the statistics to this data's.
         backbones.set_batchnorm_momentum(backbone, 0.0)
         backbone(x / 127.5 - 1, training=True)
-        features = backbones.feature_extractor(backbone, keras.layers.GlobalAveragePooling2D())
-        head = models.stack((1280,), [models.output_layer(3)], name="head")
-        model = models.stack((32, 32, 3), [features, head], name="model")
-        backbones.unfreeze(backbone, 100)
-        (tmp_path / name).mkdir()
-        fitted, info, predicted, test = phases.fine_tune(
-            FakeRun(tmp_path / name), "fine_tune", model, backbone, keras.layers.GlobalAveragePooling2D(), head,
-            x[:18], y[:18], cache=cache, validation_data=(x[18:], y[18:]), test_data=(x[12:], y[12:]), feed=feed,
-            batch_size=8, epochs=2, initial_epoch=1, learning_rate=1e-3)
-        runs[name] = model.get_weights(), fitted.history, info
+        classifier = Classifier.on_backbone(backbone, keras.layers.GlobalAveragePooling2D(), [models.output_layer(3)],
+                                            [], name="model")
+        model = classifier.model
+        classifier.unfreeze(100)
+        task = tasks.Task([0, 1, 2], (x[:18], y[:18]), validation=(x[18:], y[18:]), test=(x[12:], y[12:]))
+        options = FitOptions(epochs=2, batch_size=8, learning_rate=1e-3, initial_epoch=1, feed=feed)
+        fitted = phases.fine_tune(StandInRun(tmp_path / name), "fine_tune", classifier, task, options, cache)
+        info, predicted, test = fitted.info, fitted.validation_classes, fitted.test
+        runs[name] = model.get_weights(), fitted.history, info, fitted.extra_seconds
         # the validation predictions it returns (for the plots) are the trained whole model's; so are the test
         # scores it gives from the cached bottom (none without the cache: the caller's pass scores them)
         np.testing.assert_array_equal(predicted, models.predict_classes(model, feed(x[18:], y[18:])))
         if name == "cached":
-            np.testing.assert_array_equal(test[2], models.predict_classes(model, feed(x[12:], y[12:])))
-            assert test[1] == pytest.approx(np.mean(test[2] == y[12:]))
+            np.testing.assert_array_equal(test.classes, models.predict_classes(model, feed(x[12:], y[12:])))
+            assert test.accuracy == pytest.approx(np.mean(test.classes == y[12:]))
         else:
             assert test is None
     assert runs["test over the limit"][2]["feature_cache"] == "memory"
     cached = runs["cached"][2]
     assert cached["feature_cache"] == "memory" and cached["cached_up_to"] == "block_10_project_BN"
-    assert cached["extra_seconds"] == pytest.approx(cached["feature_extraction_seconds"], abs=1e-3)
+    assert runs["cached"][3] == pytest.approx(cached["feature_extraction_seconds"], abs=1e-3)
     assert runs["whole"][2] == runs["over the limit"][2] == {"feature_cache": "off", "batch_size": 8}
     assert "above ACTIVATION_CACHE_BYTES, so every epoch runs the whole backbone" in capsys.readouterr().out
     for name in ("cached", "over the limit"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-from transferlab import images
+from transferlab import pipelines
 
 import keras
 
@@ -44,7 +44,7 @@ def test_predict_reproduces_the_runs_validation_accuracy_and_the_models_probabil
     assert right / len(rows) == pytest.approx(record["final"]["accuracy"])  # to the last image
     # The same files, decoded as the run did, through the loaded model: the same probabilities.
     model = keras.saving.load_model(os.path.join(folder, "model.keras"))
-    x, kept, failed = images.decode([row["path"] for row in rows], (32, 32))
+    x, kept, failed = pipelines.decode([row["path"] for row in rows], (32, 32))
     assert failed == [] and len(kept) == 10
     expected = model.predict(x, verbose=0)
     labels = ["class_a", "class_b"]

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from transferlab import files, records
-from transferlab.config import UserError
+from transferlab.errors import UserError
 
 
 def test_write_json_replaces_atomically_and_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -49,7 +49,7 @@ def test_a_results_dir_that_refuses_writes_is_a_user_error(tmp_path, monkeypatch
 
 
 def make_run(tmp_path):
-    return records.Run(tmp_path, "demo", {"EPOCHS": 1}, {"python": "3"}, {"source": "x"})
+    return records.RunRecord(tmp_path, "demo", {"EPOCHS": 1}, {"python": "3"}, {"source": "x"})
 
 
 def read(run):
@@ -109,7 +109,7 @@ def test_a_phase_is_reused_only_from_a_run_with_the_same_inputs(tmp_path):
                                                                         GlorotUniform(seed))])
 
     def start(config=None, sha="abc", commit="c1"):
-        return records.Run(tmp_path, "demo", {"SEED": 1, "EPOCHS": 2, "TASK_B": 5, **(config or {})},
+        return records.RunRecord(tmp_path, "demo", {"SEED": 1, "EPOCHS": 2, "TASK_B": 5, **(config or {})},
                            {"git_commit": commit, "keras": "3"}, {"sha256": sha})
 
     with start() as first:

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import ROOT, make_image_folder, run_script
 from transferlab import files, models, phases, records
-from transferlab.config import UserError
+from transferlab.phases import StandInRun
+from transferlab.errors import UserError
 
 EPOCHS = 8  # long enough on the tiny data to be stopped in the middle of a phase
 
@@ -178,22 +179,6 @@ def test_resume_command_replaces_any_resume_flag():
         "python x.py --epochs=2 '--data_dir=a b' --resume=R2"
 
 
-class Run:
-    """A phases.RunLike with seed 3 and no progress notes."""
-
-    tensorboard = False
-
-    def __init__(self, folder):
-        self.folder, self.seed = folder, 3
-        folder.mkdir(exist_ok=True)
-
-    def file(self, name):
-        return str(self.folder / name)
-
-    def progress(self, phase, epoch):
-        pass
-
-
 def dropout_model():
     keras.utils.set_random_seed(0)
     return models.stack((6,), [keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5),
@@ -204,8 +189,9 @@ def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path
     x = np.random.default_rng(0).normal(size=(100, 6)).astype("float32")
     y = np.arange(100) % 3
     straight = dropout_model()
-    fitted = phases.fit(Run(tmp_path / "a"), "p", straight, x, y, epochs=4, batch_size=16, learning_rate=0.01,
-                       steps_per_execution=3)  # 7 steps an epoch: executions must not cross epochs
+    options = phases.FitOptions(epochs=4, batch_size=16, learning_rate=0.01, steps_per_execution=3)
+    fitted = phases.fit(StandInRun(tmp_path / "a", 3), "p", straight, (x, y), options)  # 7 steps an epoch:
+    # executions must not cross epochs
 
     class StopAfterTwo(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -213,11 +199,10 @@ def test_a_phase_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        phases.fit(Run(tmp_path / "b"), "p", dropout_model(), x, y, epochs=4, batch_size=16, learning_rate=0.01,
-                   steps_per_execution=3, more_callbacks=[StopAfterTwo()])
+        phases.fit(StandInRun(tmp_path / "b", 3), "p", dropout_model(), (x, y), options,
+                   more_callbacks=[StopAfterTwo()])
     resumed = dropout_model()
-    resumed_timer = phases.fit(Run(tmp_path / "b"), "p", resumed, x, y, epochs=4, batch_size=16,
-                               learning_rate=0.01, steps_per_execution=3)
+    resumed_timer = phases.fit(StandInRun(tmp_path / "b", 3), "p", resumed, (x, y), options)
     assert resumed_timer.history == fitted.history and len(resumed_timer.epoch_seconds) == 4
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy()) == 28
     for a, b in zip(straight.weights, resumed.weights, strict=True):

@@ -15,19 +15,21 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from transferlab import data, sweep
-from transferlab.config import UserError
+from transferlab import sweep, tasks
+from transferlab.errors import UserError
 
 
 def test_take_per_class_is_stratified_and_seeded():
     y = np.repeat([0, 1, 2], [10, 20, 30])
     x = np.arange(len(y))
-    xs, ys = data.take_per_class(x, y, 4, seed=1)
+    xs, ys = tasks.take_per_class(x, y, 4, seed=1)
     assert np.bincount(ys).tolist() == [4, 4, 4] and np.all(y[xs] == ys) and np.all(np.diff(xs) > 0)
-    assert np.array_equal(data.take_per_class(x, y, 4, seed=1)[0], xs)
-    assert not np.array_equal(data.take_per_class(x, y, 4, seed=2)[0], xs)
+    assert np.array_equal(tasks.take_per_class(x, y, 4, seed=1)[0], xs)
+    assert not np.array_equal(tasks.take_per_class(x, y, 4, seed=2)[0], xs)
     with pytest.raises(UserError, match="--task_b_samples_per_class=11: class 0 has only 10 training samples"):
-        data.take_per_class(x, y, 11, seed=1)
+        tasks.take_per_class(x, y, 11, seed=1)
+    with pytest.raises(UserError, match="--samples_per_class=11: class 0 has only 10 training samples"):
+        tasks.take_per_class(x, y, 11, seed=1, name="SAMPLES_PER_CLASS")  # a backbone script's constant
 
 
 def test_overrides_match_the_config_the_script_parsed():
@@ -35,6 +37,9 @@ def test_overrides_match_the_config_the_script_parsed():
     assert sweep.matches(record, [("TASK_B_SAMPLES_PER_CLASS", "10"), ("TASK_B_CLASSES", "7,8"), ("SEED", "0")])
     assert sweep.matches(record, [("DATA_DIR", "None")])
     assert not sweep.matches(record, [("TASK_B_SAMPLES_PER_CLASS", "30")])
+    renamed = {"config": {"SAMPLES_PER_CLASS": 10}}  # a backbone script's, asked for by its old name
+    assert sweep.matches(renamed, [("TASK_B_SAMPLES_PER_CLASS", "10")])
+    assert not sweep.matches(renamed, [("TASK_B_SAMPLES_PER_CLASS", "30")])
 
 
 def test_sweep_runs_each_combination_skips_complete_runs_and_reports_failures(mnist_dir, tmp_path):
@@ -68,7 +73,7 @@ import os, signal, sys, time
 folder = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--results_dir=")][0]
 os.makedirs(folder, exist_ok=True)
 
-def stop(signum, frame):  # as records.Run does: note the interruption, then exit
+def stop(signum, frame):  # as records.RunRecord does: note the interruption, then exit
     with open(os.path.join(folder, "stopped"), "w") as f:
         f.write(str(signum))
     sys.exit(130)

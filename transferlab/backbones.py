@@ -10,10 +10,9 @@ moved in one fine-tuning epoch; docs/design.md). What does hold is that a BatchN
 import os
 
 import keras
-import tensorflow as tf
 
-from transferlab import compat, data, distribute, files, images
-from transferlab.config import UserError, check
+from transferlab import compat, files, models, pipelines
+from transferlab.errors import UserError, check
 
 APPLICATIONS = {
     "MobileNetV2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input, 32),
@@ -104,17 +103,18 @@ def feature_extractor(backbone, pooling, frozen=True):
     return keras.Model(inputs, outputs, name="features")
 
 
-def scratch_features(name, image_size, pooling, batchnorm_momentum, cut_at=None):
-    """The scratch baseline's feature extractor: backbone `name` from random weights (up to the layer `cut_at`),
-    its BatchNormalization at `batchnorm_momentum`, then `pooling`, every layer training."""
+def scratch(name, image_size, batchnorm_momentum, cut_at=None):
+    """The scratch baseline's backbone: `name` from random weights (up to the layer `cut_at`), its
+    BatchNormalization at `batchnorm_momentum`, every layer to train (classifier.Classifier.on_backbone with
+    frozen=False)."""
     backbone, _ = load(name, image_size, None)
     backbone = cut(backbone, cut_at) if cut_at else backbone
     set_batchnorm_momentum(backbone, batchnorm_momentum)
-    return feature_extractor(backbone, pooling, frozen=False)
+    return backbone
 
 
 def batchnorm_layers(model):
-    return [layer for layer in compat.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    return [layer for layer in models.all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def set_batchnorm_momentum(model, momentum):
@@ -193,39 +193,7 @@ def frozen_bottom(backbone):
     return bottom, top
 
 
-def pipeline(x, y, first_epoch=None, *, preprocess, batch_size, seed, augmentation=None):
-    """A tf.data pipeline over uint8 images (an array, or images.Files decoded in the pipeline), batched,
-    through the backbone's `preprocess` exactly once, overlapped with the model's work by prefetch.
-    `batch_size` is per replica.
-
-    For evaluation (`first_epoch` None) the images keep their order. For training, from epoch
-    `first_epoch` on, every epoch comes in its own seeded order (data.epoch_batches: the same order
-    whether or not the run was resumed) and is augmented when an `augmentation` model is given.
-    """
-    batch_size = distribute.global_batch(batch_size)
-    if first_epoch is None and isinstance(x, images.Files):  # decoded a batch at a time, never all at once
-        dataset = x.dataset(y).batch(batch_size)
-    elif first_epoch is None:
-        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    else:
-        dataset = data.epoch_batches(x, y, batch_size, seed, first_epoch)
-        if augmentation is not None:
-            dataset = dataset.map(lambda images, labels: (augmentation(tf.cast(images, tf.float32), training=True),
-                                                          labels), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(lambda images, labels: (preprocess(tf.cast(images, tf.float32)), labels),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return distribute.sharded(dataset.prefetch(tf.data.AUTOTUNE))
-
-
-class Feed:
-    """A backbone experiment's input pipelines (`pipeline` with the backbone `name`'s preprocessing):
-    `feed(x, y)` to evaluate, `feed(x, y, first_epoch)` to train. `preprocessing` names what it does to the
-    images: part of the feature cache's key."""
-
-    def __init__(self, name, *, batch_size, seed, augmentation=None):
-        self.preprocessing = f"{name} preprocess_input"
-        self.options = {"preprocess": preprocess_function(name), "batch_size": batch_size, "seed": seed,
-                        "augmentation": augmentation}
-
-    def __call__(self, x, y, first_epoch=None):
-        return pipeline(x, y, first_epoch, **self.options)
+def feed(name, *, batch_size, seed, augmentation=None):
+    """The input pipelines of backbone `name` (pipelines.Feed): its own preprocess_input, applied once."""
+    return pipelines.Feed(f"{name} preprocess_input", preprocess_function(name), batch_size=batch_size, seed=seed,
+                          augmentation=augmentation)

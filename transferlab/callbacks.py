@@ -55,7 +55,7 @@ class EpochLog(keras.callbacks.Callback):
 
     Keras runs callbacks that have a per-step hook (TerminateOnNaN's and verbose=2's both do) synchronously
     after every step, each time turning the step's logs into Python numbers; with epoch hooks only, steps
-    run back to back. Measured here on the harness benchmark's CNN: 3-7% more CPU per epoch with such hooks.
+    run back to back (the cost of such hooks: docs/design.md, "Measured choices").
     """
 
     def __init__(self, epochs, show):

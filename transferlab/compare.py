@@ -19,6 +19,8 @@ import os
 import statistics
 import sys
 
+from transferlab.files import RECORD
+
 REQUIRED = ("experiment", "run_id", "status", "config", "phases")
 GROUPED_OUT = ("SEED",)  # runs that differ only in these constants form one group
 NOT_SETTINGS = ("RESULTS_DIR",)  # where a run was written says nothing about the experiment
@@ -34,7 +36,7 @@ def find_records(paths):
             candidates = [top]
         elif os.path.isdir(top):
             candidates = sorted(
-                os.path.join(folder, "record.json") for folder, _, files in os.walk(top) if "record.json" in files
+                os.path.join(folder, RECORD) for folder, _, names in os.walk(top) if RECORD in names
             )
         else:
             skipped.append((top, "no such file or folder"))

@@ -9,13 +9,6 @@ import tensorflow as tf
 CHECKED_WITH_KERAS = "3.15.1"
 
 
-def all_layers(model):
-    """Every layer of `model`, nested models' layers included (`Model._flatten_layers`). Needed because
-    `model.layers` lists a nested backbone as one layer, and fine-tuning must set each BatchNormalization
-    layer inside it (Keras 3 does not pass `trainable` on from a Functional model to its layers)."""
-    return list(model._flatten_layers())
-
-
 def inbound_tensors(layer):
     """The tensors each call of `layer` took as input (`Layer._inbound_nodes`). Needed to find where a
     backbone can be cut in two for fine-tuning on cached activations: Keras's graph of a Functional model is

@@ -1,14 +1,19 @@
 """The constants block at the top of a script, and its overrides from the shell.
 
 A script defines its constants as plain upper-case assignments, each with a short trailing comment,
-then calls `configure(globals(), sys.argv[1:])`. Every constant can then be overridden as
-`--name=value` (the lower-case name). Values are parsed with `ast.literal_eval` (never `eval`); a value
-that is not a Python literal is taken as a string. Each value is checked against the type of the
-constant's default, or against its annotation when the default is None (`DATA_DIR: str | None = None`),
-and every number against the range its name gives it (RANGES: `*_EPOCHS` >= 0, `*_SPLIT` in (0, 1), ...).
+then calls `CONFIG = configure(globals(), sys.argv[1:])`. Every constant can then be overridden as
+`--name=value` (the lower-case name). `configure` is the one place that sets them: the shell's values, then
+the recipe's for those left at None, then the derived ones, written into the script's globals once and
+returned as a frozen Config (the record's "config"); nothing writes them afterwards.
+
+Values are parsed with `ast.literal_eval` (never `eval`); a value that is not a Python literal is taken as a
+string. Each value is checked against the type of the constant's default, or against its annotation when the
+default is None (`DATA_DIR: str | None = None`), and every number against the range its name gives it
+(RANGES: `*_EPOCHS` >= 0, `*_SPLIT` in (0, 1), ...).
 """
 
 import ast
+import collections.abc
 import difflib
 import fnmatch
 import io
@@ -19,16 +24,46 @@ import types
 import typing
 
 from transferlab import process
+from transferlab.errors import UserError, check
+
+# Constants renamed so that one idea has one name in every script: {old: new}. A script that has the new name
+# and not the old one still takes --old=value, with a one-line notice, for one release.
+RENAMED = {
+    "VALIDATION_FRACTION": "VALIDATION_SPLIT",  # cifar10_transfer.py's, as the other scripts name it
+    "HEAD_WIDTH": "HEAD",  # inception_transfer.py's one hidden layer: now a list of widths, as mobilenet's
+    "DROPOUT": "HEAD_DROPOUT",  # inception_transfer.py's
+    "TASK_B_SAMPLES_PER_CLASS": "SAMPLES_PER_CLASS",  # in the scripts that have no task B
+}
 
 
-class UserError(Exception):
-    """A problem with what the user gave (constants, data, paths): one line on stderr, exit code 2."""
+class Config(collections.abc.Mapping):
+    """A run's constants once `configure` has set them: read-only, by name (`CONFIG.EPOCHS`, `CONFIG["EPOCHS"]`),
+    a mapping of NAME to value in the order the script defines them."""
 
+    def __init__(self, values):
+        object.__setattr__(self, "_values", dict(values))
 
-def check(condition, message):
-    """Raise a UserError with `message` unless `condition` holds."""
-    if not condition:
-        raise UserError(message)
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a run's constants are frozen: set {name} in the constants block or with "
+                             f"--{name.lower()}=")
+
+    def __repr__(self):
+        return f"Config({self._values!r})"
 
 
 def check_positive(**values):
@@ -212,7 +247,8 @@ def help_text(namespace, script, shared=None):
 
 
 def apply_overrides(namespace, argv):
-    """Set the constants in `namespace` from `--name=value` arguments; return {NAME: value} after."""
+    """{NAME: value} of the constants in `namespace` after the `--name=value` arguments (the namespace is left as
+    it is: `configure` writes it). An old name of a constant (RENAMED) sets the new one, with a notice."""
     values = constants(namespace)
     annotations = namespace.get("__annotations__", {})
     valid = ", ".join(f"--{name.lower()}" for name in values)
@@ -226,34 +262,36 @@ def apply_overrides(namespace, argv):
         )
         flag, raw = arg[2:].split("=", 1)
         name = flag.upper()
-        if not (name in values and flag == flag.lower()):
+        if flag == flag.lower() and name not in values and RENAMED.get(name) in values:
+            name = RENAMED[name]
+            print(f"notice: --{flag} is now --{name.lower()}; the old name works until the next release",
+                  file=sys.stderr)
+        elif not (name in values and flag == flag.lower()):
             near = difflib.get_close_matches(flag.lower(), [known.lower() for known in values], n=1)
             hint = f" (did you mean --{near[0]}?)" if near else ""
             raise UserError(f"unknown constant --{flag}{hint}; valid names: {valid}")
         values[name] = parse_value(name, raw, values[name], annotations.get(name))
-    namespace.update(values)
     return values
 
 
-def fill_from_recipe(namespace, values, recipe):
-    """Constants left at None take the recipe's value, so one constant (a dataset, say) can switch a
-    whole experiment while any constant set on the command line still wins. Updates the script's
-    globals and `values` (the record's config) alike, and returns `values`."""
-    for name, value in recipe.items():
-        if values[name] is None:
-            values[name] = namespace[name] = value
-    check_ranges(values)
-    return values
+def fill_from_recipe(values, recipe):
+    """{NAME: value} with the constants left at None taking the `recipe`'s value, so one constant (a dataset,
+    say) can switch a whole experiment while any constant set on the command line still wins; checked
+    (RANGES)."""
+    filled = {name: recipe[name] if value is None and name in recipe else value for name, value in values.items()}
+    check_ranges(filled)
+    return filled
 
 
-def configure(namespace, argv, shared=None):
-    """Handle --help, apply the overrides to the script's globals, and report UserErrors as one line.
-    `shared`, a module of constants (transferlab.run_constants), adds its constants, and their annotations,
-    to those of the script that it does not set itself.
-
-    Every number is checked by its name (RANGES). Returns the final {NAME: value} of every constant (what the
-    run record stores as `config`).
-    """
+def configure(namespace, argv, shared=None, recipe=None, derive=None):
+    """Handle --help, set the script's constants, and report UserErrors as one line. In order:
+    1. `shared`, a module of constants (transferlab.run_constants), adds those the script does not set itself;
+    2. the `--name=value` overrides (apply_overrides), every number checked by its name (RANGES);
+    3. `recipe(config)`, when given, returns the recipe ({NAME: value}) that fills the constants left at None
+       (fill_from_recipe; it may raise UserError for a recipe that does not fit);
+    4. `derive(config)`, when given, returns {NAME: value} of constants computed from the others.
+    The result is written into the script's globals once, here, and returned as a frozen Config: what the run
+    record stores as `config`."""
     if shared is not None:
         annotations = namespace.setdefault("__annotations__", {})
         for name, value in constants(vars(shared)).items():
@@ -272,9 +310,15 @@ def configure(namespace, argv, shared=None):
     try:
         values = apply_overrides(namespace, argv)
         check_ranges(values)
-        return values
+        if recipe is not None:
+            values = fill_from_recipe(values, recipe(Config(values)))
+        if derive is not None:
+            values.update(derive(Config(values)))
+            check_ranges(values)
     except UserError as error:
         process.fail(error)
+    namespace.update(values)
+    return Config(values)
 
 
 def check_later_constants(namespace):

@@ -16,8 +16,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from transferlab import compat, data, process
-from transferlab.config import UserError, check
+from transferlab import compat, files, process
+from transferlab.errors import UserError, check
 
 STRATEGIES = ("auto", "none", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", None, "mixed_float16", "mixed_bfloat16")
@@ -100,7 +100,7 @@ def results_dir(folder, strategy):
         return folder
     own = tempfile.mkdtemp(prefix="transferlab-worker-")
     process.on_exit(shutil.rmtree, own, ignore_errors=True)
-    os.environ[data.CACHE_DIR_ENV] = os.path.join(own, "cache")
+    os.environ[files.CACHE_DIR_ENV] = os.path.join(own, "cache")
     return own
 
 

@@ -26,8 +26,8 @@ import statistics
 import time
 
 from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, folders, images, litert, predict, process
-from transferlab.config import UserError, check
+from transferlab import files, folders, images, litert, pipelines, predict, process
+from transferlab.errors import UserError, check
 
 import keras
 import numpy as np
@@ -47,11 +47,11 @@ def run_images(folder, record, override=None, split="validation"):
     if override is not None:
         found = folders.layout(override) if not os.path.isfile(override) else None
         if found is not None and found.kind == "class folders":
-            with open(os.path.join(folder, predict.LABELS), encoding="utf-8") as f:
+            with open(os.path.join(folder, files.LABELS), encoding="utf-8") as f:
                 names = f.read().splitlines()
             strangers = [name for name in found.classes if name not in names]
             check(not strangers, f"--images={override}: its folders {', '.join(strangers)} are not labels of the "
-                                 f"model ({predict.LABELS}: {', '.join(names)})")
+                                 f"model ({files.LABELS}: {', '.join(names)})")
             paths, labels = [], []
             for name in found.classes:
                 inside, _ = images.files_under(os.path.join(override, name))
@@ -89,7 +89,7 @@ def export_tflite(model, path, calibration, quantize):
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         def representative():
-            for _, batch in images.stream(calibration, model.input_shape[1:3], model.input_shape[3], batch=1):
+            for _, batch in pipelines.stream(calibration, model.input_shape[1:3], model.input_shape[3], batch=1):
                 yield [batch.astype(np.uint8)]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -131,7 +131,7 @@ def compare(keras_model, exported, paths, labels):
     """The check's numbers: agreement, largest difference, accuracy of each, latencies."""
     ours, theirs, kept = [], [], []
     size = keras_model.input_shape[1:3]
-    for indices, x in images.stream(paths, size, keras_model.input_shape[3], batch=32):
+    for indices, x in pipelines.stream(paths, size, keras_model.input_shape[3], batch=32):
         ours.append(np.asarray(keras_model.predict_on_batch(x), dtype=np.float32))
         theirs.append(exported(x))
         kept.append(indices)
@@ -144,7 +144,7 @@ def compare(keras_model, exported, paths, labels):
         truth = np.array(labels)[kept]
         result["accuracy_keras"] = round(float(np.mean(ours.argmax(1) == truth)), 6)
         result["accuracy_export"] = round(float(np.mean(theirs.argmax(1) == truth)), 6)
-    x = next(images.stream(paths[:32], size, keras_model.input_shape[3], batch=32))[1]
+    x = next(pipelines.stream(paths[:32], size, keras_model.input_shape[3], batch=32))[1]
     for batch in (1, 32):
         result[f"ms_per_image_keras_batch{batch}"] = round(1000 * latency(keras_model.predict_on_batch, x, batch), 3)
         result[f"ms_per_image_export_batch{batch}"] = round(1000 * latency(exported, x, batch), 3)
@@ -180,14 +180,14 @@ def main(argv=None):
     process.install()
     check(args.format == "tflite" or args.quantize == "none", f"--quantize={args.quantize} is for --format=tflite")
     folder = predict.find_run(args.run, args.results_dir, args.experiment)
-    with open(os.path.join(folder, "record.json"), encoding="utf-8") as f:
+    with open(os.path.join(folder, files.RECORD), encoding="utf-8") as f:
         record = json.load(f)
     paths, labels = sample(*run_images(folder, record, args.images), CHECK_IMAGES)
     check(paths, f"no images to check the export on in {args.images or record['data'].get('source')}")
     calibration = []
     if args.quantize == "int8":
         calibration = sample(*run_images(folder, record, args.images, split="train"), CALIBRATION_IMAGES)[0]
-    model = keras.saving.load_model(os.path.join(folder, predict.MODEL), compile=False, safe_mode=True)
+    model = keras.saving.load_model(os.path.join(folder, files.MODEL), compile=False, safe_mode=True)
     out = os.path.join(folder, "export")
     os.makedirs(out, exist_ok=True)
     name = {"saved_model": "saved_model", "onnx": "model.onnx",
@@ -197,7 +197,7 @@ def main(argv=None):
           + f", then checking it on {len(paths)} images ...", flush=True)
     if args.format == "tflite":
         exported = export_tflite(model, path, calibration, args.quantize)
-        shutil.copyfile(os.path.join(folder, predict.LABELS), os.path.join(out, predict.LABELS))
+        shutil.copyfile(os.path.join(folder, files.LABELS), os.path.join(out, files.LABELS))
     elif args.format == "saved_model":
         shutil.rmtree(path, ignore_errors=True)
         exported = export_saved_model(model, path)

@@ -6,14 +6,14 @@ import time
 
 import numpy as np
 
-from transferlab import feature_cache, progress
+from transferlab import pipelines, progress
 
 # Fine-tuning keeps the frozen bottom's activations of the training and validation images in memory up to
 # this many bytes; above it the images go through the whole backbone every epoch, as published.
 ACTIVATION_CACHE_BYTES = 2 * 2**30
 
-# Images per batch in the one pass of the frozen layers over arrays. Larger batches were slower on the CPU
-# (MNIST's 18,065 task B digits: 5.4 s in batches of 1,024, 4.2 s in batches of 256, in a side measurement).
+# Images per batch in the one pass of the frozen layers over arrays: larger batches were slower on the CPU
+# (docs/design.md, "Measured choices").
 EXTRACT_BATCH = 256
 
 
@@ -29,7 +29,7 @@ def extract_features(frozen, x, batch_size=None, run_batch=None):
     if run_batch is not None:
         batches = ((x[i:i + (batch_size or EXTRACT_BATCH)] for i in range(0, len(x), batch_size or EXTRACT_BATCH))
                    if isinstance(x, np.ndarray) else (batch[0] if isinstance(batch, tuple) else batch
-                                                      for batch in feature_cache.numpy_batches(x)))
+                                                      for batch in pipelines.numpy_batches(x)))
         with progress.Progress("frozen layers run once", len(x) if isinstance(x, np.ndarray) else 0) as shown:
             found = []
             for batch in batches:

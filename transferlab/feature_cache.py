@@ -14,14 +14,12 @@ exist. On a hit the checksum is verified; a damaged entry is discarded with a wa
 """
 
 import hashlib
-import json
 import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from transferlab import data, files, litert, models, progress
+from transferlab import files, litert, models, pipelines, progress
 from transferlab import images as image_files
 
 LIMIT_ENV = "TRANSFERLAB_FEATURE_CACHE_GB"  # the cache's size limit; least recently used entries go first
@@ -29,7 +27,7 @@ DEFAULT_LIMIT_GB = 10
 
 
 def folder():
-    return os.path.join(data.cache_dir(), "features")
+    return os.path.join(files.cache_dir(), "features")
 
 
 def key(frozen, images, preprocessing, runtime="keras"):
@@ -50,27 +48,22 @@ def key(frozen, images, preprocessing, runtime="keras"):
     return digest.hexdigest()
 
 
-def load(entry):
+def stored_features(entry):
     """The cached features of `entry` (a path without suffix) as a read-only memory map, or None when
     there is no entry or it is damaged (then it is removed, with a warning)."""
-    meta_path, array_path = f"{entry}.json", f"{entry}.npy"
-    if not os.path.exists(meta_path):
-        return None
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if files.sha256(array_path) != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        features = np.load(array_path, mmap_mode="r", allow_pickle=False)
-        if list(features.shape) != meta["shape"]:
-            raise ValueError(f"shape {features.shape}, expected {meta['shape']}")
-        return features
-    except (OSError, ValueError, KeyError) as error:
-        print(f"warning: discarding a damaged feature cache entry {array_path} ({error}); extracting again")
-        for path in (meta_path, array_path):
-            if os.path.exists(path):
-                os.unlink(path)
-        return None
+    features, damaged = files.read_entry(entry, ".npy", _read_features)
+    if damaged:
+        print(f"warning: discarding a damaged feature cache entry {entry}.npy ({damaged}); extracting again")
+    return features
+
+
+def _read_features(path, meta):
+    if files.sha256(path) != meta["sha256"]:
+        raise ValueError("checksum mismatch")
+    features = np.load(path, mmap_mode="r", allow_pickle=False)
+    if list(features.shape) != meta["shape"]:
+        raise ValueError(f"shape {features.shape}, expected {meta['shape']}")
+    return features
 
 
 def extract(frozen, batches, count, entry, run_batch=None):
@@ -78,7 +71,7 @@ def extract(frozen, batches, count, entry, run_batch=None):
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
     them as a read-only memory map. `run_batch` (litert.Inference.batch_function) runs a batch; None: Keras."""
     run_batch = run_batch or litert.KERAS.batch_function(frozen)[0]
-    batches = numpy_batches(batches)
+    batches = pipelines.numpy_batches(batches)
     os.makedirs(os.path.dirname(entry), exist_ok=True)
     with files.replacing(f"{entry}.npy") as tmp, progress.Progress("features extracted", count) as shown:
         out, done = None, 0
@@ -98,12 +91,6 @@ def extract(frozen, batches, count, entry, run_batch=None):
         checksum = files.sha256(tmp)
     files.write_json(f"{entry}.json", {"shape": shape, "dtype": "float32", "sha256": checksum})
     return np.load(f"{entry}.npy", mmap_mode="r", allow_pickle=False)
-
-
-def numpy_batches(batches):
-    """A tf.data pipeline's batches as numpy arrays (its numpy iterator: iterating it eagerly took twice as long
-    beside LiteRT, a side measurement), or `batches` as they are."""
-    return batches.as_numpy_iterator() if isinstance(batches, tf.data.Dataset) else batches
 
 
 def trim(limit_bytes):
@@ -132,7 +119,7 @@ def cached(frozen, images, batches, preprocessing, inference=litert.KERAS):
     seconds spent, info for the record: the runtime that computed them)."""
     start = time.perf_counter()
     entry = os.path.join(folder(), key(frozen, images, preprocessing, inference.chosen))
-    features = load(entry)
+    features = stored_features(entry)
     if features is not None:
         os.utime(f"{entry}.json")  # recently used: the last to be trimmed
         return features, "hit", time.perf_counter() - start, {"inference_runtime": inference.chosen}

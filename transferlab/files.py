@@ -10,7 +10,13 @@ import json
 import os
 import secrets
 
+CACHE_DIR_ENV = "TRANSFERLAB_CACHE_DIR"  # where caches live (decoded images, features, LiteRT files)
 CHUNK = 1 << 24  # bytes read at a time when hashing a file
+
+# The files of a run folder that other commands read, each named once.
+RECORD = "record.json"  # the run's record (records.py)
+MODEL = "model.keras"  # the final model, taking raw images (classifier.Classifier.save)
+LABELS = "labels.txt"  # its outputs' names, one a line
 
 
 @contextlib.contextmanager
@@ -55,3 +61,28 @@ def sha256(path):
         while block := f.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_dir():
+    """The caches' folder: $TRANSFERLAB_CACHE_DIR, else ~/.cache/transferlab."""
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "transferlab")
+
+
+def read_entry(entry, suffix, read):
+    """A cache entry written as `<entry><suffix>` with its JSON `<entry>.json` beside it (its sha256 and what
+    else the cache noted): (`read(path, meta)`, None), or (None, None) when there is no entry. A damaged entry,
+    one whose `read` raises OSError, ValueError, KeyError or RuntimeError (a checksum that does not match, say),
+    is removed: (None, the error), for the caller to warn and compute it again."""
+    meta_path, path = f"{entry}.json", f"{entry}{suffix}"
+    if not os.path.exists(meta_path):
+        return None, None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        return read(path, meta), None
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        for stale in (meta_path, path):  # the JSON first: without it the entry is gone
+            if os.path.exists(stale):
+                os.unlink(stale)
+        return None, error
+

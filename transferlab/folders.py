@@ -19,8 +19,8 @@ import time
 import keras
 import numpy as np
 
-from transferlab import data, images
-from transferlab.config import UserError, check
+from transferlab import errors, images, pipelines, sources
+from transferlab.errors import UserError, check
 
 TUTORIAL_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 HASH_BUCKETS = 2**32  # a file's hash, as a share of this, decides its split
@@ -105,8 +105,8 @@ def find(data_dir, name="cats_and_dogs_filtered", url=TUTORIAL_URL):
         extracted = keras.utils.get_file(f"{name}.zip", origin=url, extract=True)
     except Exception as error:  # no internet, proxy, disk full: all mean "put the folder there yourself"
         raise UserError(
-            f"no data directory given (--data_dir= or ${data.DATA_DIR_ENV}) and the download of {name} from {url} "
-            f"failed ({data.failure(error)}); download it yourself, or pass --data_dir=FOLDER"
+            f"no data directory given (--data_dir= or ${sources.DATA_DIR_ENV}) and the download of {name} from {url} "
+            f"failed ({errors.failure(error)}); download it yourself, or pass --data_dir=FOLDER"
         ) from None
     for folder, subfolders_, _ in os.walk(extracted):
         if "train" in subfolders_:
@@ -156,11 +156,11 @@ def listing(found, validation_split):
     return splits, [(p, "not an image file") for p in not_images]
 
 
-def load(directory, image_size, validation_split):
+def read_folder(directory, image_size, validation_split):
     """((x_train, y_train), (x_val, y_val), test, info) from an image folder in either layout (see above); test
     is (x_test, y_test) when there is a test/ folder, else None. Each x is an images.Files of the readable files
     (uint8 RGB at image_size x image_size when a pipeline decodes them), so memory does not grow with the
-    folder: one pass (`images.scan`) finds the files that cannot be decoded, and they are skipped. info goes
+    folder: one pass (`pipelines.scan`) finds the files that cannot be decoded, and they are skipped. info goes
     into the record: where the data came from, its layout, a hash of the files used, class names, counts,
     skipped files."""
     found = layout(directory)
@@ -172,11 +172,11 @@ def load(directory, image_size, validation_split):
     start = time.perf_counter()
     arrays, files, modes = {}, {}, []
     for split, (paths, labels) in splits.items():
-        failed = set(images.scan(paths))
+        failed = set(pipelines.scan(paths))
         skipped += [(paths[i], "cannot be decoded") for i in sorted(failed)]
         kept = [i for i in range(len(paths)) if i not in failed]
         files[split] = [(paths[i], os.path.getsize(paths[i]), labels[i]) for i in kept]
-        modes += [data.image_mode(p) for p, _, _ in files[split]]
+        modes += [sources.image_mode(p) for p, _, _ in files[split]]
         y = np.array([labels[i] for i in kept], dtype=np.int64)
         folder = {"train": found.train, "validation": found.validation or found.train, "test": found.test}[split]
         for label, name in enumerate(found.classes):
@@ -184,7 +184,7 @@ def load(directory, image_size, validation_split):
                   + (" for validation" if split == "validation" and not found.validation else ""))
         arrays[split] = (images.Files([paths[i] for i in kept], (image_size, image_size)), y)
     seconds = time.perf_counter() - start
-    converted = data.report_conversions(modes, "RGB", directory)
+    converted = sources.report_conversions(modes, "RGB", directory)
     if skipped:
         shown = ", ".join(f"{os.path.relpath(p, directory)} ({why})" for p, why in skipped[:10])
         more = f" and {len(skipped) - 10} more (all in the record)" if len(skipped) > 10 else ""
@@ -195,7 +195,7 @@ def load(directory, image_size, validation_split):
     info = {
         "source": os.path.abspath(directory),
         "layout": found.kind,
-        "sha256": data.tree_key(directory, files),
+        "sha256": sources.tree_key(directory, files),
         "class_names": found.classes,
         "validation": validation,
         "samples": {split: len(y) for split, (_, y) in arrays.items()},

@@ -17,14 +17,13 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import sys
 import time
 
 from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import data, files, models
-from transferlab.config import UserError
+from transferlab import errors, files, models
+from transferlab.errors import UserError
 
 import numpy as np
 import tensorflow as tf
@@ -66,7 +65,7 @@ class Runner:
 
 
 def folder():
-    return os.path.join(data.cache_dir(), "litert")
+    return os.path.join(files.cache_dir(), "litert")
 
 
 def model_key(model):
@@ -83,26 +82,22 @@ def convert(model):
         return converter.convert()
 
 
-def load(entry):
+def stored_runner(entry):
     """The converted file of cache `entry` (a path without suffix), or None when there is none or it is damaged
     (then removed, with a warning)."""
-    meta_path, path = f"{entry}.json", f"{entry}.tflite"
-    if not os.path.exists(meta_path):
-        return None
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            expected = json.load(f)["sha256"]
-        with open(path, "rb") as f:  # read once, checked, and kept by the interpreter: no later change reaches it
-            content = f.read()
-        if hashlib.sha256(content).hexdigest() != expected:
-            raise ValueError("checksum mismatch")
-        return Runner(content=content)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        print(f"warning: discarding a damaged LiteRT file {path} ({error}); converting again", file=sys.stderr)
-        for stale in (meta_path, path):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        return None
+    found, damaged = files.read_entry(entry, ".tflite", _read_runner)
+    if damaged:
+        print(f"warning: discarding a damaged LiteRT file {entry}.tflite ({damaged}); converting again",
+              file=sys.stderr)
+    return found
+
+
+def _read_runner(path, meta):
+    with open(path, "rb") as f:  # read once, checked, and kept by the interpreter: no later change reaches it
+        content = f.read()
+    if hashlib.sha256(content).hexdigest() != meta["sha256"]:
+        raise ValueError("checksum mismatch")
+    return Runner(content=content)
 
 
 def runner(model, key=None):
@@ -110,7 +105,7 @@ def runner(model, key=None):
     `key`: the model's model_key, when the caller has it."""
     start = time.perf_counter()
     entry = os.path.join(folder(), key or model_key(model))
-    found = load(entry)
+    found = stored_runner(entry)
     if found is not None:
         os.utime(f"{entry}.json")
         return found, "hit", time.perf_counter() - start
@@ -165,7 +160,7 @@ class Inference:
             try:
                 found, status, seconds = runner(model, key)
             except Exception as error:  # a layer the converter cannot take: Keras runs it, and the record says so
-                reason = f"LiteRT cannot convert {model.name}: {data.failure(error)}"
+                reason = f"LiteRT cannot convert {model.name}: {errors.failure(error)}"
                 print(f"warning: {reason}; running it with Keras", file=sys.stderr)
                 self.made[key] = keras_batch, {"inference_runtime": "keras", "inference_runtime_fallback": reason}
                 return self.made[key]

@@ -1,9 +1,12 @@
-"""Model helpers shared by the experiments: stacking parts behind an input, the output layer, the usual compile."""
+"""Model helpers shared by the experiments: stacking parts behind an input, the output layer, the usual compile,
+the scores of a classifier, and what a frozen model computes (its fingerprint)."""
+
+import dataclasses
 
 import keras
 import numpy as np
 
-from transferlab.config import check
+from transferlab.errors import check
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}
 
@@ -48,16 +51,6 @@ def freeze_first(features, count):
     return frozen, features.layers[count:]
 
 
-def transfer(features, count, head_layers, learning_rate, head_name="head_b"):
-    """(frozen, head, model) for a transfer phase: the first `count` layers of `features` frozen (freeze_first),
-    a head of the layers after them and `head_layers`, and the compiled model, images -> frozen -> head."""
-    frozen, trainable = freeze_first(features, count)
-    image = features.input_shape[1:]
-    head = stack(frozen.output_shape[1:] if frozen else image, [*trainable, *head_layers], name=head_name)
-    model = stack(image, [frozen, head] if frozen else [head], name="transfer")
-    return frozen, head, compile_classifier(model, learning_rate)
-
-
 def output_layer(num_classes):
     """Two classes: one sigmoid unit (binary cross-entropy); more: a softmax over them. Always float32,
     also under mixed precision: a float16 softmax rounds small probabilities to 0 and the loss to inf."""
@@ -90,8 +83,7 @@ def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="a
     `steps_per_execution` runs several batches per call into TensorFlow; for a small head on cached
     features this removes most of the per-step overhead without changing what is computed.
     The metric's and the optimizer's variables are created here, not in the first training step: a variable
-    created while `fit` traces its step makes TensorFlow trace the step a second time (MobileNetV2 trained
-    from scratch: a first epoch of 10 s instead of 23 s on 20 images, in a side measurement).
+    created while `fit` traces its step makes TensorFlow trace the step a second time (docs/design.md).
     """
     binary = model.output_shape[-1] == 1
     accuracy = keras.metrics.BinaryAccuracy if binary else keras.metrics.SparseCategoricalAccuracy
@@ -113,8 +105,17 @@ def predict_classes(model, inputs, batch_size=None):
     return probabilities.argmax(axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """A classifier's scores on labelled images: mean loss, accuracy, and its class for each image."""
+
+    loss: float
+    accuracy: float
+    classes: np.ndarray
+
+
 def predict_scores(model, inputs, y, batch_size=None):
-    """(loss, accuracy, classes) of a classifier on `inputs` with labels `y`, from one pass: what `evaluate`
+    """The Scores (loss, accuracy, classes) of a classifier on `inputs` with labels `y`, from one pass: what `evaluate`
     gives (the loss compile_classifier chose), with the predicted classes too, so a held-out set that is also
     plotted goes through the network once."""
     probabilities = np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0), np.float32)
@@ -125,24 +126,26 @@ def predict_scores(model, inputs, y, batch_size=None):
     else:
         losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
         classes = probabilities.argmax(axis=-1)
-    return float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes
+    return Scores(float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes)
 
 
 def fingerprint(model, digest):
     """Feed what a frozen model computes into the hashlib `digest`: each layer's kind and output shape (nested
     models' layers too) and its weights. Two models with equal fingerprints give the same outputs."""
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         digest.update(f"{type(layer).__name__}\t{_output_shape(layer)}\n".encode())
         for weight in layer.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every layer of `model`, nested models' layers too, depth first (`model.layers` lists a nested backbone as
+    one layer, and fine-tuning must reach each BatchNormalization layer inside it)."""
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):  # a nested model (a backbone inside the feature extractor)
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
 
 
 def _output_shape(layer):

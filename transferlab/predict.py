@@ -18,33 +18,30 @@ import os
 import sys
 
 from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, images, litert, process, progress
-from transferlab.config import UserError, check
+from transferlab import files, images, litert, pipelines, process, progress, records
+from transferlab.errors import UserError, check
 
 import keras
 import numpy as np
-
-MODEL, LABELS = "model.keras", "labels.txt"
 
 
 def find_run(run, results_dir="results", experiment=None):
     """The folder of RUN: a run folder, a run id under `results_dir`/<experiment>/, or "latest"."""
     if os.path.isdir(run):
-        check(os.path.isfile(os.path.join(run, MODEL)), f"{run} has no {MODEL} (a run writes it when its transfer "
-                                                        f"phases end; runs before it could do that have none)")
+        check(os.path.isfile(os.path.join(run, files.MODEL)),
+              f"{run} has no {files.MODEL} (a run writes it when its transfer phases end; runs before it could do that "
+              f"have none)")
         return run
-    parents = [os.path.join(results_dir, experiment)] if experiment else sorted(
-        os.path.join(results_dir, name) for name in (os.listdir(results_dir) if os.path.isdir(results_dir) else []))
-    with_models = [os.path.join(parent, run_id) for parent in parents if os.path.isdir(parent)
-                   for run_id in os.listdir(parent) if os.path.isfile(os.path.join(parent, run_id, MODEL))]
+    with_models = [folder for folder in records.run_folders(results_dir, experiment)
+                   if os.path.isfile(os.path.join(folder, files.MODEL))]
     if run == "latest":
-        check(with_models, f"no run with a {MODEL} under {os.path.join(results_dir, experiment or '')!r}")
+        check(with_models, f"no run with a {files.MODEL} under {os.path.join(results_dir, experiment or '')!r}")
         experiments = sorted({os.path.basename(os.path.dirname(folder)) for folder in with_models})
         check(len(experiments) == 1, f"runs of several experiments under {results_dir!r} ({', '.join(experiments)}): "
                                      f"say which with --experiment=")
-        return max(with_models, key=os.path.basename)  # run ids sort by start time
+        return with_models[0]  # the newest
     found = [folder for folder in with_models if os.path.basename(folder) == run]
-    check(found, f"no run {run!r} with a {MODEL}: give a run folder, a run id under {results_dir!r}, or latest")
+    check(found, f"no run {run!r} with a {files.MODEL}: give a run folder, a run id under {results_dir!r}, or latest")
     return found[0]
 
 
@@ -71,7 +68,7 @@ def classify(model, paths, batch_size=64, bar=False, run_batch=None):
     run_batch = run_batch or litert.KERAS.batch_function(model)[0]
     kept, results = [], []
     with progress.Progress("classified", len(paths), bar=bar) as shown:
-        for indices, batch in images.stream(paths, (height, width), channels, batch=batch_size):
+        for indices, batch in pipelines.stream(paths, (height, width), channels, batch=batch_size):
             results.append(run_batch(batch))
             kept.append(indices)
             shown.add(len(indices))
@@ -122,11 +119,11 @@ def main(argv=None):
     process.install()
     check(args.top_k >= 1 and args.batch_size >= 1, "--top_k and --batch_size must be >= 1")
     folder = find_run(args.run, args.results_dir, args.experiment)
-    with open(os.path.join(folder, LABELS), encoding="utf-8") as f:
+    with open(os.path.join(folder, files.LABELS), encoding="utf-8") as f:
         labels = f.read().splitlines()
     paths, not_images = image_paths(args.paths)
-    model = keras.saving.load_model(os.path.join(folder, MODEL), compile=False, safe_mode=True)
-    check(len(labels) == model.output_shape[-1], f"{LABELS} has {len(labels)} labels, the model "
+    model = keras.saving.load_model(os.path.join(folder, files.MODEL), compile=False, safe_mode=True)
+    check(len(labels) == model.output_shape[-1], f"{files.LABELS} has {len(labels)} labels, the model "
                                                  f"{model.output_shape[-1]} outputs")
     run_batch, _ = litert.Inference.choose(args.inference_runtime).batch_function(model)
     probabilities, kept, failed = classify(model, paths, args.batch_size, bar=bool(args.out), run_batch=run_batch)

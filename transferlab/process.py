@@ -16,6 +16,8 @@ import signal
 import sys
 import traceback
 
+from transferlab.errors import UserError
+
 DEBUG = False  # set by --debug: bad input then shows a traceback before its one line
 _cleanups = []
 
@@ -29,12 +31,10 @@ def install():
 
 
 def _hook(kind, error, tb):
-    from transferlab.config import UserError  # config imports this module
-
     if issubclass(kind, UserError):
         fail(error)
     elif issubclass(kind, KeyboardInterrupt):
-        exit_now(130)  # the record's owner (records.Run) has said what was saved and how to resume
+        exit_now(130)  # the record's owner (records.RunRecord) has said what was saved and how to resume
     elif issubclass(kind, FloatingPointError):  # a diverged phase: its line says which and what to try
         print(f"error: {error}", file=sys.stderr)
         exit_now(1)

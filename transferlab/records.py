@@ -11,11 +11,7 @@ import shutil
 import sys
 
 from transferlab import files, process
-from transferlab.config import UserError
-
-RECORD = "record.json"
-
-
+from transferlab.errors import UserError
 
 
 def now():
@@ -95,10 +91,19 @@ def _process_alive(record):
 
 def _read_record(folder):
     try:
-        with open(os.path.join(folder, RECORD), encoding="utf-8") as f:
+        with open(os.path.join(folder, files.RECORD), encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def run_folders(results_dir, experiment=None):
+    """Every run folder under `results_dir`/<experiment>/ (under every experiment's folder when None), newest
+    first: run ids sort by start time."""
+    names = [experiment] if experiment else (os.listdir(results_dir) if os.path.isdir(results_dir) else [])
+    parents = [os.path.join(results_dir, name) for name in names if os.path.isdir(os.path.join(results_dir, name))]
+    found = [os.path.join(parent, run_id) for parent in parents for run_id in os.listdir(parent)]
+    return sorted(found, key=os.path.basename, reverse=True)
 
 
 def resume_command(run_id, argv=None):
@@ -116,9 +121,8 @@ def find_resumable(results_dir, experiment, resume, config):
         return None
     parent = os.path.join(results_dir, experiment)
     if resume == "latest":
-        run_ids = sorted(os.listdir(parent), reverse=True) if os.path.isdir(parent) else []
-        for run_id in run_ids:
-            record = _read_record(os.path.join(parent, run_id))
+        for folder in run_folders(results_dir, experiment):
+            record = _read_record(folder)
             if record and record.get("status") != "complete" and not _process_alive(record):
                 break
         else:
@@ -126,7 +130,7 @@ def find_resumable(results_dir, experiment, resume, config):
     else:
         record = _read_record(os.path.join(parent, resume))
         if record is None:
-            raise UserError(f"--resume={resume}: no run record at {os.path.join(parent, resume, RECORD)!r} "
+            raise UserError(f"--resume={resume}: no run record at {os.path.join(parent, resume, files.RECORD)!r} "
                             f"(run ids are the folder names in {parent!r}, or use --resume=latest)")
         if record.get("status") == "complete":
             raise UserError(f"--resume={resume}: that run is complete; there is nothing to resume")
@@ -158,7 +162,7 @@ def _shown(constants, name):
     return repr(constants[name]) if name in constants else "not a constant"
 
 
-class Run:
+class RunRecord:
     """The record of one run, kept on disk as it grows.
 
     Use as a context manager around the training: on leaving it the record gets its final status,
@@ -170,13 +174,12 @@ class Run:
     finished epoch (see phases.fit).
     """
 
-    def __init__(self, results_dir, experiment, config, environment, data, resumed=None, tensorboard=False,
-                 **sections):
+    def __init__(self, results_dir, experiment, config, environment, data, resumed=None, sections=None):
         self.seed = config.get("SEED", 0)
-        self.tensorboard = tensorboard  # phases also write TensorBoard logs into tensorboard/<phase>/
+        self.tensorboard = config.get("TENSORBOARD", False)  # phases also write logs into tensorboard/<phase>/
         if resumed is not None:
             self.run_id, self.dir = resumed["run_id"], os.path.join(results_dir, experiment, resumed["run_id"])
-            self.path = os.path.join(self.dir, RECORD)
+            self.path = os.path.join(self.dir, files.RECORD)
             self.record = resumed
             self.record["resumed"] = [*resumed.get("resumed", []), {
                 "at": now(), "status_before": resumed["status"], "progress": resumed.get("progress"),
@@ -188,7 +191,7 @@ class Run:
             self.save()
             return
         self.run_id, self.dir = new_run_dir(results_dir, experiment)
-        self.path = os.path.join(self.dir, RECORD)
+        self.path = os.path.join(self.dir, files.RECORD)
         self.record = {
             "experiment": experiment,
             "run_id": self.run_id,
@@ -197,10 +200,10 @@ class Run:
             "status": "running",
             "pid": os.getpid(),  # with host: is a "running" record's process alive, or was it killed?
             "host": platform.node(),
-            "config": config,
+            "config": dict(config),
             "environment": environment,
             "data": data,
-            **sections,  # e.g. the pretrained backbone and its weights
+            **(sections or {}),  # e.g. the pretrained backbone and its weights
             "phases": {},
         }
         self.save()
@@ -239,9 +242,9 @@ class Run:
         and its phase record (marked "reused_from": its run id) and history are copied here, so a study that
         varies only what comes after the phase trains it once per seed. False otherwise: train the phase."""
         parent = os.path.dirname(self.dir)
-        for run_id in sorted(os.listdir(parent), reverse=True):
-            record = _read_record(os.path.join(parent, run_id))
-            weights = os.path.join(parent, run_id, f"{name}.weights.h5")
+        for folder in run_folders(os.path.dirname(parent), os.path.basename(parent)):
+            run_id, record = os.path.basename(folder), _read_record(folder)
+            weights = os.path.join(folder, f"{name}.weights.h5")
             if (run_id == self.run_id or record is None or name not in record.get("phases", {})
                     or not _same_inputs(self.record, record, constants) or not os.path.exists(weights)):
                 continue

@@ -22,7 +22,10 @@ import signal
 import subprocess
 import sys
 
-from transferlab import compare
+from transferlab import compare, config
+
+# The constants that cut the training set per class: a sweep over one of them is a data-efficiency study.
+PER_CLASS = ("task_b_samples_per_class", "samples_per_class")
 
 
 def parse_vary(text):
@@ -46,8 +49,8 @@ def complete_runs(folder):
 
 def matches(record, overrides):
     """Did this record run with these overrides? Compared as the script parsed them (its config)."""
-    config = {k.upper(): v for k, v in record["config"].items()}
-    return all(_same(config.get(name), text) for name, text in overrides)
+    constants = {k.upper(): v for k, v in record["config"].items()}
+    return all(_same(constants.get(name, constants.get(config.RENAMED.get(name))), text) for name, text in overrides)
 
 
 def _same(value, text):
@@ -61,9 +64,9 @@ def _same(value, text):
 
 
 def all_samples_per_class(records, column):
-    """Where "None" (all samples) of TASK_B_SAMPLES_PER_CLASS sits on the x axis: the mean number of task B
+    """Where "None" (all samples) of a PER_CLASS constant sits on the x axis: the mean number of (task B's)
     training images per class in those runs; None for any other constant or when no run used all."""
-    if column != "task_b_samples_per_class":
+    if column not in PER_CLASS:
         return None
     counts = [phase["train_samples"] / len(phase["classes"]) for r in records
               if {k.lower(): v for k, v in r["config"].items()}.get(column, 0) is None
@@ -89,7 +92,7 @@ def plot(records, varied, path):
     """Two panels against the first varied constant, one line per phase, mean over seeds with a band of
     ± std: accuracy (test, else validation) above, seconds per steady epoch below; a log x axis when the
     values are numbers spanning more than a factor of 20. Returns {phase: number of accuracy points
-    plotted}; non-numeric values are left out, except None of TASK_B_SAMPLES_PER_CLASS (all samples), which
+    plotted}; non-numeric values are left out, except None of a PER_CLASS constant (all samples), which
     is drawn at the runs' own number of images per class."""
     from transferlab import plots
 
@@ -162,8 +165,8 @@ def crossings(transfer, scratch):
 
 def data_efficiency(records, rows, column):
     """Lines saying where transfer and scratch cross and how much data transfer saves, for a sweep over
-    TASK_B_SAMPLES_PER_CLASS with both phases; [] otherwise."""
-    if column != "task_b_samples_per_class":
+    PER_CLASS constant with both phases; [] otherwise."""
+    if column not in PER_CLASS:
         return []
     none_at = all_samples_per_class(records, column)
     transfer, scratch = ([(x, m) for x, m, _ in curve(rows, column, f"{phase}.accuracy", none_at)]
