@@ -13,11 +13,12 @@ buy?). Its two fixes of the published script (a shuffled validation split, a 5-w
 
 import sys
 
-from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import models, phases, sources, tasks
-from transferlab.classifier import Classifier
+import transferlab.runtime  # noqa: F401 (first: TensorFlow starts without its start-up noise)
 
 import keras
+
+from transferlab import experiment, models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).

@@ -12,11 +12,12 @@ own: "transfer" (the head on the frozen backbone), and, off by default (the cour
 
 import sys
 
-from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, folders, models, phases, sources, tasks
-from transferlab.classifier import Classifier
+import transferlab.runtime  # noqa: F401 (first: TensorFlow starts without its start-up noise)
 
 import keras
+
+from transferlab import backbones, config, experiment, folders, models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).

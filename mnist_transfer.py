@@ -13,11 +13,12 @@ network on task A, digits 0-6), "transfer" (a new head on the frozen features, t
 
 import sys
 
-from transferlab import experiment  # first: it starts TensorFlow without its start-up noise
-from transferlab import models, phases, sources, tasks
-from transferlab.classifier import Classifier
+import transferlab.runtime  # noqa: F401 (first: TensorFlow starts without its start-up noise)
 
 import keras
+
+from transferlab import experiment, models, phases, sources, tasks
+from transferlab.classifier import Classifier
 
 # -----------------------------------------------------------------------------------------------------
 # Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).

@@ -43,12 +43,26 @@ import sys
 import tempfile
 import time
 
-from transferlab import runtime  # first: a quiet TensorFlow start
-from transferlab import (backbones, callbacks, feature_cache, files, folders, images, litert, models, phases,
-                         pipelines, predict, sources, tasks)
+from transferlab.runtime import environment, seed_everything  # first: a quiet TensorFlow start
 
 import keras
 import numpy as np
+
+from transferlab import (
+    backbones,
+    callbacks,
+    feature_cache,
+    files,
+    folders,
+    images,
+    litert,
+    models,
+    phases,
+    pipelines,
+    predict,
+    sources,
+    tasks,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -537,7 +551,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     wanted = {int(n) for n in args.figures.split(",")}
     work = tempfile.mkdtemp(prefix="transferlab-bench-")
-    runtime.seed_everything(0)
+    seed_everything(0)
     if args.quick:
         mnist_dir, folder = quick_data(os.path.join(work, "data"))
         weights, image_size, epochs, extra = "None", 32, 2, ["--image_size=32", "--epochs=2", "--head=8"]
@@ -580,7 +594,7 @@ def main(argv=None):
                                      32 if args.quick else 224, [0.5, 1] if args.quick else [0.125, 0.25, 1],
                                      ["--epochs=1"] if args.quick else []))
     figures.sort(key=lambda figure: int(figure["figure"].split(".")[0]))
-    text = markdown(figures, runtime.environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
+    text = markdown(figures, environment(), " ".join(["python -m bench", *(argv or sys.argv[1:])]))
     files.write_json(args.out + ".json", figures)
     files.write_text(args.out, text)
     print(text)

@@ -167,10 +167,11 @@ def check_the_model_in_use(folder, image_root, export_images=True):
     process that cannot import transferlab, predict gives the loaded model's own probabilities (within 1e-5) for
     every file, and LiteRT and SavedModel exports pass their checks (on those files, or with `export_images`
     False on the run's own validation images). Returns predict's rows and the exports' export.json entries."""
-    from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
-    from transferlab import pipelines
+    import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
 
     import keras
+
+    from transferlab import pipelines
 
     code = ("import sys; sys.modules['transferlab'] = None\n"  # any import of transferlab now fails
             f"import keras; print(keras.saving.load_model({os.path.join(folder, 'model.keras')!r}).input.dtype)")

@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, check_the_model_in_use, run_script
 
 SHARED_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.weights.h5")

@@ -1,13 +1,13 @@
 """Backbones: weights from a file or nowhere, clear errors, and BatchNormalization that stays frozen when asked."""
 
+import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
+
+import keras
 import numpy as np
 import pytest
 
-from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import backbones, files, models, pipelines
 from transferlab.errors import UserError
-
-import keras
 
 
 def small_mobilenet():
@@ -70,6 +70,8 @@ def test_layer_index_takes_an_index_or_a_name():
         backbones.layer_index(backbone, 500)
 
 
+# The last check loads InceptionV3's file into MobileNetV2 on purpose: Keras warns of each container it skips.
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_weights_from_a_file_are_loaded_and_pinned_by_sha256(tmp_path):
     saved = keras.applications.InceptionV3(input_shape=(75, 75, 3), include_top=False, weights=None)
     path = tmp_path / "inception.weights.h5"

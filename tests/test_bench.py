@@ -69,7 +69,6 @@ def test_the_flop_count_of_mobilenet_v2_is_the_published_300_million_multiply_ad
     # Figure 9 divides by it: MobileNetV2 1.0 at 224 px is 300M multiply-adds (Sandler et al. 2018, table 3),
     # of which the classifier we leave out is 1.3M.
     from bench.run import flops_per_image
-
     from transferlab import backbones
 
     backbone, _ = backbones.load("MobileNetV2", 224, None)

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import SHARED, check_the_model_in_use, run_script
 from PIL import Image
 
-from conftest import SHARED, check_the_model_in_use, run_script
 from transferlab import sources
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -1,8 +1,9 @@
 """The private Keras API the project touches (transferlab/compat.py) works with the installed Keras."""
 
+import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
+
 import keras
 
-from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import compat, models
 
 

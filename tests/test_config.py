@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_script
+
 from transferlab import config
 from transferlab.errors import UserError
 

@@ -11,8 +11,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_script
+
 from transferlab import distribute, models, phases
 from transferlab.errors import UserError
 

@@ -9,7 +9,6 @@ import re
 import shlex
 
 import pytest
-
 from conftest import ROOT
 
 PAGES = sorted([os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CONTRIBUTING.md"),

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 
-
 def export(*args):
     return subprocess.run([sys.executable, "-m", "transferlab.export", *map(str, args)], capture_output=True,
                           text=True, timeout=600)

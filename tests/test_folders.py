@@ -7,11 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
+
 import numpy as np
 import pytest
 from conftest import ROOT, make_image_folder
 
-from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import folders, images
 from transferlab.errors import UserError
 
@@ -195,7 +196,7 @@ def test_what_a_zip_tool_or_an_operating_system_adds_is_neither_a_class_nor_a_sk
 
 STREAMED_PHASE = '''
 import json, sys
-from transferlab import runtime  # noqa: F401
+import transferlab.runtime  # noqa: F401
 from transferlab import backbones, files, folders, models, phases, tasks
 import keras
 

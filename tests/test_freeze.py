@@ -7,8 +7,8 @@ import os
 import keras
 import numpy as np
 import pytest
-
 from conftest import run_script
+
 from transferlab import models
 from transferlab.errors import UserError
 

@@ -10,9 +10,8 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import SHARED_MNIST, check_the_model_in_use, run_script
+from PIL import Image
 
 PHASE_KEYS = {"classes", "train_samples", "epochs", "train_seconds", "first_epoch_seconds",
               "steady_epoch_seconds", "test_loss", "test_accuracy", "trainable_params", "batch_size"}

@@ -1,9 +1,10 @@
 """Learning-rate schedules: the rate each step of a phase gets."""
 
+import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
+
 import numpy as np
 import pytest
 
-from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import models
 from transferlab.errors import UserError
 

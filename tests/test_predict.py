@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
+import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
+
+import keras
 import numpy as np
 import pytest
 
-from transferlab import runtime  # noqa: F401 (quiet TensorFlow start)
 from transferlab import pipelines
-
-import keras
 
 
 def predict(*args, cwd=None):

@@ -14,11 +14,11 @@ import time
 import keras
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_image_folder, run_script
+
 from transferlab import files, models, phases, records
-from transferlab.phases import StandInRun
 from transferlab.errors import UserError
+from transferlab.phases import StandInRun
 
 EPOCHS = 8  # long enough on the tiny data to be stopped in the middle of a phase
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from transferlab import sweep, tasks
 from transferlab.errors import UserError
 

@@ -18,12 +18,23 @@ named there: forgetting one costs a reuse, never a stale network.
 
 import contextlib
 
-from transferlab import runtime  # first: it starts TensorFlow without its start-up noise
-from transferlab import backbones, config, distribute, files, litert, metrics, models, phases, plots, records
-from transferlab import run_constants
+from transferlab.runtime import environment, seed_everything  # first: TensorFlow starts without its noise
 
 import numpy as np
 
+from transferlab import (
+    backbones,
+    config,
+    distribute,
+    files,
+    litert,
+    metrics,
+    models,
+    phases,
+    plots,
+    records,
+    run_constants,
+)
 
 # Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and
 # the backbone weights' sha256, the distribution strategy's description.
@@ -51,7 +62,7 @@ class Experiment:
         self.inference = litert.Inference.choose(constants["INFERENCE_RUNTIME"], self.strategy.num_replicas_in_sync)
         self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
         self.resumed = records.find_resumable(self.results_dir, name, constants["RESUME"], constants)
-        runtime.seed_everything(self.seed, constants["DETERMINISTIC"])
+        seed_everything(self.seed, constants["DETERMINISTIC"])
 
     def scope(self):
         """Variables made inside are placed and replicated by the strategy (a backbone's weights, say)."""
@@ -91,7 +102,7 @@ class Run(records.RunRecord):
         self.inference = experiment.inference  # litert.Inference: the runtime of the frozen passes, and why
         self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
         self.validation_classes = {}  # {phase: ... of the validation images}, when the phase computed them
-        super().__init__(experiment.results_dir, experiment.name, experiment.config, runtime.environment(), data,
+        super().__init__(experiment.results_dir, experiment.name, experiment.config, environment(), data,
                          resumed=experiment.resumed, sections=sections)
 
     def fit(self, name, model, task, options, about=None, reuse=False, record=None):

@@ -25,13 +25,14 @@ import shutil
 import statistics
 import time
 
-from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, folders, images, litert, pipelines, predict, process
-from transferlab.errors import UserError, check
+from transferlab.runtime import quiet_stderr  # first: TensorFlow starts without its start-up noise
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from transferlab import files, folders, images, litert, pipelines, predict, process
+from transferlab.errors import UserError, check
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -94,7 +95,7 @@ def export_tflite(model, path, calibration, quantize):
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
-    with runtime.quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
+    with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
         flatbuffer = converter.convert()
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(flatbuffer)

@@ -21,12 +21,13 @@ import os
 import sys
 import time
 
-from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import errors, files, models
-from transferlab.errors import UserError
+from transferlab.runtime import quiet_stderr  # first: TensorFlow starts without its start-up noise
 
 import numpy as np
 import tensorflow as tf
+
+from transferlab import errors, files, models
+from transferlab.errors import UserError
 
 SETTINGS = ("auto", "keras", "litert")
 PACKAGE = "ai-edge-litert==2.3.0"
@@ -78,7 +79,7 @@ def model_key(model):
 def convert(model):
     """The model as a LiteRT flatbuffer (float32, inference mode), through TensorFlow's converter."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    with runtime.quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
+    with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
         return converter.convert()
 
 

@@ -18,8 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import backbones, callbacks, distribute, extraction, feature_cache, litert, models, pipelines
-from transferlab import records
+from transferlab import backbones, callbacks, distribute, extraction, feature_cache, litert, models, pipelines, records
 
 
 class RunLike(Protocol):

@@ -17,12 +17,13 @@ import json
 import os
 import sys
 
-from transferlab import runtime  # noqa: F401 (first: it starts TensorFlow without its start-up noise)
-from transferlab import files, images, litert, pipelines, process, progress, records
-from transferlab.errors import UserError, check
+import transferlab.runtime  # noqa: F401 (first: TensorFlow starts without its start-up noise)
 
 import keras
 import numpy as np
+
+from transferlab import files, images, litert, pipelines, process, progress, records
+from transferlab.errors import UserError, check
 
 
 def find_run(run, results_dir="results", experiment=None):

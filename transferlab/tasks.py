@@ -7,6 +7,7 @@ import numpy as np
 
 from transferlab.errors import check
 
+
 def train_validation_split(x, y, validation_fraction, seed):
     """Shuffle with the seed, then hold out the last `validation_fraction` for validation.
 
