@@ -24,9 +24,10 @@ from transferlab.classifier import Classifier
 # Every experiment also has SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, RESUME, ... (--help).
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
 VALIDATION_SPLIT = 0.2  # share of each class that validates (by file hash) when there is no validation/ folder
+BACKBONE = "InceptionV3"  # as published; any network of backbones.BACKBONES (then CUT_LAYER, FINE_TUNE_AT its own)
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE = 150  # input pixels per side, as published
-CUT_LAYER = "mixed7"  # the backbone ends here: mid-level features transfer better than ImageNet's last ones
+CUT_LAYER: str | None = "mixed7"  # the backbone ends here: mid-level features transfer better; None: whole
 HEAD = [1024]  # Flatten -> Dense(width, relu) for each width -> Dropout -> output: one of 1024, as published
 HEAD_DROPOUT = 0.2  # share of the last Dense layer's outputs dropped while the head trains, as published
 EPOCHS = 20  # epochs of the frozen phase "transfer", as published
@@ -40,7 +41,7 @@ STOP_AT_VAL_ACCURACY = 0.97  # stop a phase once validation accuracy reaches thi
 AUGMENT = True  # the published augmentation: rotation 40 degrees, shifts 0.2, shear and zoom 0.2, horizontal flips
 FEATURE_CACHE = True  # without AUGMENT: backbone features once per image (on disk); fine-tuning: frozen layers once
 FINE_TUNE_EPOCHS = 0  # epochs of phase "fine_tune" after the frozen phase (not in the course); 0 skips it
-FINE_TUNE_AT: int | str = "mixed6"  # first backbone layer to unfreeze, by index or name: mixed7's block trains
+FINE_TUNE_AT: int | float | str = "mixed6"  # first layer to unfreeze: index, name or share; mixed7's block trains
 FINE_TUNE_LEARNING_RATE = 1e-5  # low, so fine-tuning refines ImageNet's features, not erases them
 REUSE_TRANSFER = False  # take phase "transfer" from an earlier run in RESULTS_DIR with the same constants and data
 RUN_SCRATCH = False  # train the same network from random init (expensive: every layer trains every epoch)
@@ -54,10 +55,11 @@ CONFIG = experiment.configure(globals(), sys.argv[1:])
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS))
+backbones.family(BACKBONE)  # an unknown name: one line that names the nearest ones
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
 exp = experiment.start("inception", CONFIG)
 root = folders.find(sources.data_dir(DATA_DIR))  # a mistyped folder is said before the backbone loads
-backbone, backbone_info = exp.backbone("InceptionV3", IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
+backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data: the folder's images (<class>/, or train/ and optional validation/, test/), decoded a batch at a time.
 *splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT)
@@ -77,7 +79,7 @@ def augmentation():
     ]) if AUGMENT else None
 
 
-feed = backbones.feed("InceptionV3", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+feed = backbones.feed(BACKBONE, batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
 training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE, OPTIMIZER, class_weight=CLASS_WEIGHTS, feed=feed,
                              stop_at_val_accuracy=STOP_AT_VAL_ACCURACY)
 
@@ -88,15 +90,15 @@ def head_layers():
             models.output_layer(len(task.classes))]
 
 
-preprocessing = backbones.preprocessing_layers("InceptionV3")
-with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
+preprocessing = backbones.preprocessing_layers(BACKBONE)
+with exp.run(source, title=f"{BACKBONE} transfer", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
     # 5. Phase "transfer": only the new head learns, over the frozen backbone (every epoch with augmentation, as
     #    published, else on cached features), until validation accuracy reaches STOP_AT_VAL_ACCURACY.
     classifier = Classifier.on_backbone(backbone, keras.layers.Flatten(), head_layers(), preprocessing)
     head = phases.HeadOptions(cache="disk" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE)
     run.fit_head("transfer", classifier, task, training, head, reuse=REUSE_TRANSFER,
-                 about=f"InceptionV3 to {CUT_LAYER} ({backbone_info['weights']}) frozen")
+                 about=f"{BACKBONE} to {CUT_LAYER or 'its end'} ({backbone_info['weights']}) frozen")
     epochs_run = run.record["phases"]["transfer"]["epochs"]  # fewer than EPOCHS when the callback stopped it
 
     # 6. Phase "fine_tune" (off by default): unfreeze the top of the backbone, go on at a low learning rate.
@@ -109,12 +111,12 @@ with exp.run(source, title="InceptionV3 transfer", batch_size=BATCH_SIZE, later_
             "unfrozen")
 
     # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
-    run.evaluate_final(classifier.model, task, feed, f"InceptionV3 ({backbone_info['weights']})")
+    run.evaluate_final(classifier.model, task, feed, f"{BACKBONE} ({backbone_info['weights']})")
     run.save_model(classifier, task.classes)
 
     # 8. Phase "scratch" (off by default): the same network from random init, every layer training.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        random_backbone = backbones.scratch("InceptionV3", IMAGE_SIZE, BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
+        random_backbone = backbones.scratch(BACKBONE, IMAGE_SIZE, BATCHNORM_MOMENTUM, cut_at=CUT_LAYER)
         scratch = Classifier.on_backbone(random_backbone, keras.layers.Flatten(), head_layers(), preprocessing,
                                          frozen=False, name="scratch")
         run.fit("scratch", scratch.model, task, training.replace(epochs=SCRATCH_EPOCHS), about="random init")

@@ -1,4 +1,5 @@
-"""MobileNetV2 transfer learning: an ImageNet backbone under a new head, on any image folder or on MNIST.
+"""Transfer learning from an ImageNet backbone under a new head, on any image folder or on MNIST: MobileNetV2 by
+default, or any keras.applications family (BACKBONE: MobileNet, EfficientNetB0, ResNet50, ConvNeXtTiny, ...).
 
 Phases, each recorded on its own: "transfer" (a new head on the frozen backbone), "fine_tune" (the top of the
 backbone unfrozen too, at a low learning rate) and "scratch" (the same network from random weights: what did
@@ -11,6 +12,7 @@ ends with model.keras and labels.txt in its folder: python -m transferlab.predic
     python mobilenet_transfer.py --data_dir=/data/datasets --weights=$WEIGHTS
     python mobilenet_transfer.py --data_dir=my_photos --weights=$WEIGHTS   # my_photos/<class>/*.jpg
     python mobilenet_transfer.py --dataset=mnist --data_dir=/data/datasets --weights=$WEIGHTS
+    python mobilenet_transfer.py --data_dir=my_photos --backbone=EfficientNetB0      # ImageNet weights: Keras's
     python mobilenet_transfer.py --help                        # every constant with its default
 """
 
@@ -27,11 +29,12 @@ from transferlab.classifier import Classifier
 # Constants: edit them here, or override any from the shell as --name=value (each checked: config.RANGES).
 # None: the recipe's. Every experiment also has SEED, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, ... (--help).
 DATASET = "folder"  # "folder": class subfolders of images (cats vs dogs by default); "mnist": digits as RGB
+BACKBONE = "MobileNetV2"  # a network of backbones.BACKBONES: its preprocessing and native size come with it
 RECIPE: str | None = None  # None: the dataset's own (folder, mnist); "tutorial": the TensorFlow tutorial's, on a folder
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders, or one holding mnist.npz; None: $TRANSFER_DATA_DIR
 VALIDATION_SPLIT: float | None = None  # share of the training images that validates when there is no validation/
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
-IMAGE_SIZE: int | None = None  # input pixels per side
+IMAGE_SIZE: int | None = None  # input pixels per side; None: the recipe's, else the backbone's native size
 HEAD: list | None = None  # hidden Dense(relu) widths between the pooled features and the output; []: linear
 HEAD_DROPOUT: float | None = None  # share of the pooled features dropped while the head trains
 EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
@@ -42,7 +45,7 @@ CLASS_WEIGHT: str | None = None  # "balanced": each class weighs the same in the
 LEARNING_RATE: float | None = None  # for the new head in the frozen phase, and for scratch
 OPTIMIZER = "adam"  # adam, rmsprop or sgd, in every phase
 FINE_TUNE_EPOCHS: int | None = None  # epochs of phase "fine_tune" after the frozen phase; 0 skips it
-FINE_TUNE_AT: int | str | None = None  # first backbone layer to unfreeze, by index or name (0: all of it)
+FINE_TUNE_AT: int | float | str | None = None  # first layer to unfreeze: index, name, or share of the layers (0: all)
 FINE_TUNE_LEARNING_RATE: float | None = None  # low, so fine-tuning refines ImageNet's features, not erases them
 SCHEDULE: str | None = None  # learning rate over fine_tune and scratch: constant, cosine (to 0), warmup_cosine
 FINE_TUNE_BATCHNORM: bool | None = None  # let BatchNormalization statistics adapt while fine-tuning?
@@ -59,13 +62,15 @@ LATER_CONSTANTS = {"transfer": ["FINE_TUNE_EPOCHS", "FINE_TUNE_AT", "FINE_TUNE_L
                                 "SCRATCH_EPOCHS"]}
 RECIPES = {  # each value's measurements: docs/results.md
     # Folders: at the weights' 224 px a linear head on frozen features is as good as more, in far less time.
-    "folder": {"IMAGE_SIZE": 224, "HEAD": [], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32,
-               "EPOCHS": 10, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 0, "FINE_TUNE_AT": 100,
+    # Its IMAGE_SIZE is the backbone's native size (MobileNetV2's 224).
+    "folder": {"HEAD": [], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32,
+               "EPOCHS": 10, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 0, "FINE_TUNE_AT": backbones.FINE_TUNE_SHARE,
                "FINE_TUNE_LEARNING_RATE": 1e-5, "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False,
                "RUN_SCRATCH": False},
     # The TensorFlow tutorial with the notebook's head: photos like ImageNet's, so its BatchNormalization stays.
     "tutorial": {"IMAGE_SIZE": 160, "HEAD": [1024, 1024, 512], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2,
-                 "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4, "FINE_TUNE_EPOCHS": 10, "FINE_TUNE_AT": 100,
+                 "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4, "FINE_TUNE_EPOCHS": 10,
+                 "FINE_TUNE_AT": backbones.FINE_TUNE_SHARE,
                  "FINE_TUNE_LEARNING_RATE": 1e-5, "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False,
                  "RUN_SCRATCH": False},
     # MNIST, far from ImageNet: the whole backbone fine-tuned, BatchNormalization adapting, 1e-3 decaying to 0.
@@ -83,8 +88,9 @@ def recipe(c):  # the dataset's own recipe, or the one RECIPE names: it fills ev
     return RECIPES[name]
 
 
-def derived(c):  # unless told, scratch trains as many epochs as transfer had
-    return {"SCRATCH_EPOCHS": c.EPOCHS + c.FINE_TUNE_EPOCHS if c.SCRATCH_EPOCHS is None else c.SCRATCH_EPOCHS}
+def derived(c):  # unless told: the backbone's native size; scratch trains as many epochs as transfer had
+    return {"IMAGE_SIZE": backbones.family(c.BACKBONE).native if c.IMAGE_SIZE is None else c.IMAGE_SIZE,
+            "SCRATCH_EPOCHS": c.EPOCHS + c.FINE_TUNE_EPOCHS if c.SCRATCH_EPOCHS is None else c.SCRATCH_EPOCHS}
 
 
 CONFIG = experiment.configure(globals(), sys.argv[1:], recipe=recipe, derive=derived)
@@ -94,7 +100,7 @@ config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS), SCHEDULE=(SCHEDULE
 config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
 exp = experiment.start("mobilenet", CONFIG)
 root = folders.find(sources.data_dir(DATA_DIR)) if DATASET == "folder" else None  # a mistyped folder: said first
-backbone, backbone_info = exp.backbone("MobileNetV2", IMAGE_SIZE, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
+backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data, uint8 RGB at the input size: a folder's files, decoded a batch at a time, or MNIST's digits in memory.
 *splits, source = (folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT) if DATASET == "folder" else
@@ -111,7 +117,7 @@ def augmentation():
     return keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.2)])
 
 
-feed = backbones.feed("MobileNetV2", batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
+feed = backbones.feed(BACKBONE, batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
 training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE, OPTIMIZER, class_weight=CLASS_WEIGHTS, feed=feed)
 
 
@@ -122,8 +128,8 @@ def head_layers():
             models.output_layer(len(task.classes))]
 
 
-preprocessing = backbones.preprocessing_layers("MobileNetV2")
-with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
+preprocessing = backbones.preprocessing_layers(BACKBONE)
+with exp.run(source, title=f"{BACKBONE} {DATASET}", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
     # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, on the backbone's
     #    features computed once (on disk for later runs, as the head for a study: --reuse_transfer=True).
@@ -136,18 +142,19 @@ with exp.run(source, title=f"MobileNetV2 {DATASET}", batch_size=BATCH_SIZE, late
     #    The layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
     if FINE_TUNE_EPOCHS:
         trainable = classifier.unfreeze(FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
+        start = backbones.layer_index(backbone, FINE_TUNE_AT)
         run.fine_tune("fine_tune", classifier, task, training.replace(
             epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE),
-            cache=FEATURE_CACHE and not AUGMENT, about=f"layers {FINE_TUNE_AT} on ({trainable} with weights) "
-            f"unfrozen, BatchNormalization {'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}")
+            cache=FEATURE_CACHE and not AUGMENT, about=f"layers {start} on ({trainable} with weights) unfrozen, "
+            f"BatchNormalization {'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}")
 
     # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
-    run.evaluate_final(classifier.model, task, feed, f"MobileNetV2 {DATASET}")
+    run.evaluate_final(classifier.model, task, feed, f"{BACKBONE} {DATASET}")
     run.save_model(classifier, task.classes)
 
     # 8. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
-        random_backbone = backbones.scratch("MobileNetV2", IMAGE_SIZE, BATCHNORM_MOMENTUM)
+        random_backbone = backbones.scratch(BACKBONE, IMAGE_SIZE, BATCHNORM_MOMENTUM)
         scratch = Classifier.on_backbone(random_backbone, keras.layers.GlobalAveragePooling2D(), head_layers(),
                                          preprocessing, frozen=False, name="scratch")
         run.fit("scratch", scratch.model, task, training.replace(epochs=SCRATCH_EPOCHS, schedule=SCHEDULE),

@@ -46,7 +46,7 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
                                   "weights_sha256": None, "layers": 154}
     # The folder recipe filled the constants left at None; the command line's --image_size won.
     config = record["config"]
-    assert config["IMAGE_SIZE"] == 32 and config["FINE_TUNE_AT"] == 100 and config["FINE_TUNE_BATCHNORM"] is False
+    assert config["IMAGE_SIZE"] == 32 and config["FINE_TUNE_AT"] == 0.65 and config["FINE_TUNE_BATCHNORM"] is False
     assert config["SCRATCH_EPOCHS"] == 1 and config["VALIDATION_SPLIT"] == 0.2
 
     phases = record["phases"]
