@@ -48,6 +48,7 @@ def check_family(name, tmp_path):
     # model.keras on raw images gives the classifier's output on preprocessed ones, and loads in safe mode.
     classifier = Classifier.on_backbone(backbone, keras.layers.GlobalAveragePooling2D(), [models.output_layer(3)],
                                         backbones.preprocessing_layers(name))
+    assert classifier.compile(1e-3).loss == "sparse_categorical_crossentropy"  # it compiles itself, for its output
     classifier.save(str(tmp_path), ["a", "b", "c"], "check")
     loaded = keras.saving.load_model(os.path.join(tmp_path, "model.keras"), safe_mode=True)
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), classifier.model.predict(by_function, verbose=0),

@@ -109,24 +109,23 @@ class Run(records.RunRecord):
         """Phase `name` (`phase`): the whole `model` trained on `task` by phases.fit with `options`
         (phases.FitOptions). The task's validation images validate."""
         return self.phase(name, model, task, options, lambda: phases.fit(self, name, model, task.train, options,
-                                                                         task.validation), (about, reuse, record))
+                                                                         task.validation), about, reuse, record)
 
     def fit_head(self, name, classifier, task, options, head, about=None, reuse=False, record=None):
         """Phase `name` (`phase`): the `classifier`'s head trained on its frozen features (phases.fit_head, with
         `head` its phases.HeadOptions). The task's validation images validate, its test images score."""
         return self.phase(name, classifier.model, task, options, lambda: phases.fit_head(
-            self, name, classifier.features, classifier.head, task, options, head), (about, reuse, record))
+            self, name, classifier.features, classifier.head, task, options, head), about, reuse, record)
 
     def fine_tune(self, name, classifier, task, options, cache, about=None):
         """Phase `name` (`phase`): the `classifier` trained on after its `unfreeze` (phases.fine_tune; `cache`:
         its frozen bottom's activations computed once)."""
         return self.phase(name, classifier.model, task, options, lambda: phases.fine_tune(
-            self, name, classifier, task, options, cache), (about, False, None))
+            self, name, classifier, task, options, cache), about)
 
-    def phase(self, name, model, task, options, train, announced):
+    def phase(self, name, model, task, options, train, about=None, reuse=False, record=None):
         """Phase `name` of `model`, whose weights are what the phase leaves, announced by a line
-        `== name: <training images> of <classes>, <about>, <epochs>` (`announced` is (about, reuse, record)),
-        then:
+        `== name: <training images> of <classes>, <about>, <epochs>`, then:
         - restored, when a resumed run had finished it (its weights loaded, nothing trained);
         - reused, with `reuse` True, from the newest earlier run that finished it from the same
           inputs (every constant not in LATER_CONSTANTS[name] or NOT_INPUTS), data, code and versions
@@ -137,7 +136,6 @@ class Run(records.RunRecord):
           are the validation images' when the phase gave them. The record gets phases.summary, and `record`'s
           fields; the weights are saved.
         Returns the PhaseResult, or None when the phase was restored or reused."""
-        about, reuse, record = announced
         names = f"[{', '.join(map(str, task.classes))}]" if len(task.classes) <= 12 else f"{len(task.classes)} classes"
         print(f"\n== {name}: {task.samples} images of {names}, " + (f"{about}, " if about else "") + options.describe())
         if self.restore(name, model):
