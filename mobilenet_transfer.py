@@ -34,8 +34,9 @@ RECIPE: str | None = None  # None: the dataset's own (folder, mnist); "tutorial"
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders, or one holding mnist.npz; None: $TRANSFER_DATA_DIR
 VALIDATION_SPLIT: float | None = None  # share of the training images that validates when there is no validation/
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
-IMAGE_SIZE: int | None = None  # input pixels per side; None: the recipe's, else the backbone's native size
+IMAGE_SIZE: int | None = None  # input pixels per side; None: the recipe's (folder: measured on your photos)
 HEAD: list | None = None  # hidden Dense(relu) widths between the pooled features and the output; []: linear
+HEAD_STEPS: int | None = None  # at least this many steps for a head on cached features: epochs pass over them often
 HEAD_DROPOUT: float | None = None  # share of the pooled features dropped while the head trains
 EPOCHS: int | None = None  # epochs of the frozen phase "transfer"
 BATCH_SIZE: int | None = None  # images per step whenever images go through the backbone
@@ -61,21 +62,22 @@ LATER_CONSTANTS = {"transfer": ["FINE_TUNE_EPOCHS", "FINE_TUNE_AT", "FINE_TUNE_L
                                 "FINE_TUNE_BATCHNORM", "BATCHNORM_MOMENTUM", "REUSE_TRANSFER", "RUN_SCRATCH",
                                 "SCRATCH_EPOCHS"]}
 RECIPES = {  # each value's measurements: docs/results.md
-    # Folders: at the weights' 224 px a linear head on frozen features is as good as more, in far less time.
-    # Its IMAGE_SIZE is the backbone's native size (MobileNetV2's 224).
-    "folder": {"HEAD": [], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32,
+    # Folders: IMAGE_SIZE and HEAD measured on the user's photos (transferlab/choice.py), the head trained until
+    # it has converged (HEAD_STEPS: cheap on cached features) however few photos or EPOCHS.
+    "folder": {"HEAD_STEPS": 1500, "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32,
                "EPOCHS": 10, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 0, "FINE_TUNE_AT": backbones.FINE_TUNE_SHARE,
                "FINE_TUNE_LEARNING_RATE": 1e-5, "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False,
                "RUN_SCRATCH": False},
     # The TensorFlow tutorial with the notebook's head: photos like ImageNet's, so its BatchNormalization stays.
-    "tutorial": {"IMAGE_SIZE": 160, "HEAD": [1024, 1024, 512], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.2,
-                 "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4, "FINE_TUNE_EPOCHS": 10,
+    "tutorial": {"IMAGE_SIZE": 160, "HEAD": [1024, 1024, 512], "HEAD_STEPS": 0, "HEAD_DROPOUT": 0.0,
+                 "VALIDATION_SPLIT": 0.2, "BATCH_SIZE": 32, "EPOCHS": 10, "LEARNING_RATE": 1e-4, "FINE_TUNE_EPOCHS": 10,
                  "FINE_TUNE_AT": backbones.FINE_TUNE_SHARE,
                  "FINE_TUNE_LEARNING_RATE": 1e-5, "SCHEDULE": "constant", "FINE_TUNE_BATCHNORM": False,
                  "RUN_SCRATCH": False},
     # MNIST, far from ImageNet: the whole backbone fine-tuned, BatchNormalization adapting, 1e-3 decaying to 0.
-    "mnist": {"IMAGE_SIZE": 32, "HEAD": [1024, 1024, 512], "HEAD_DROPOUT": 0.0, "VALIDATION_SPLIT": 0.1,
-              "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 5, "FINE_TUNE_AT": 0,
+    "mnist": {"IMAGE_SIZE": 32, "HEAD": [1024, 1024, 512], "HEAD_STEPS": 0, "HEAD_DROPOUT": 0.0,
+              "VALIDATION_SPLIT": 0.1, "BATCH_SIZE": 64, "EPOCHS": 2, "LEARNING_RATE": 1e-3, "FINE_TUNE_EPOCHS": 5,
+              "FINE_TUNE_AT": 0,
               "FINE_TUNE_LEARNING_RATE": 1e-3, "SCHEDULE": "cosine", "FINE_TUNE_BATCHNORM": True, "RUN_SCRATCH": True},
 }
 
@@ -88,8 +90,10 @@ def recipe(c):  # the dataset's own recipe, or the one RECIPE names: it fills ev
     return RECIPES[name]
 
 
-def derived(c):  # unless told: the backbone's native size; scratch trains as many epochs as transfer had
-    return {"IMAGE_SIZE": backbones.family(c.BACKBONE).native if c.IMAGE_SIZE is None else c.IMAGE_SIZE,
+def derived(c):  # unless told or measured: the backbone's native size; scratch: the epochs transfer had
+    measured = c.DATASET == "folder" and c.RECIPE in (None, "folder")  # the folder recipe measures it
+    native = backbones.family(c.BACKBONE).native
+    return {"IMAGE_SIZE": native if c.IMAGE_SIZE is None and not measured else c.IMAGE_SIZE,
             "SCRATCH_EPOCHS": c.EPOCHS + c.FINE_TUNE_EPOCHS if c.SCRATCH_EPOCHS is None else c.SCRATCH_EPOCHS}
 
 
@@ -97,14 +101,16 @@ CONFIG = experiment.configure(globals(), sys.argv[1:], recipe=recipe, derive=der
 
 # 1. Check the constants and get the backbone first: a typo or a missing weights file costs a second, not a run.
 config.check_choice(OPTIMIZER=(OPTIMIZER, models.OPTIMIZERS), SCHEDULE=(SCHEDULE, models.SCHEDULES))
-config.check(all(isinstance(w, int) and w > 0 for w in HEAD), f"--head={HEAD}: expected positive layer widths")
+config.check(HEAD is None or all(isinstance(w, int) and w > 0 for w in HEAD),
+             f"--head={HEAD}: expected positive layer widths")
 exp = experiment.start("mobilenet", CONFIG)
 root = folders.find(sources.data_dir(DATA_DIR)) if DATASET == "folder" else None  # a mistyped folder: said first
-backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
+size = IMAGE_SIZE or backbones.family(BACKBONE).native
+backbone, backbone_info = exp.backbone(BACKBONE, size, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data, uint8 RGB at the input size: a folder's files, decoded a batch at a time, or MNIST's digits in memory.
-*splits, source = (folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT) if DATASET == "folder" else
-                   sources.mnist_as_rgb(sources.data_dir(DATA_DIR), IMAGE_SIZE, VALIDATION_SPLIT, exp.seed))
+*splits, source = (folders.read_folder(root, size, VALIDATION_SPLIT) if DATASET == "folder" else
+                   sources.mnist_as_rgb(sources.data_dir(DATA_DIR), size, VALIDATION_SPLIT, exp.seed))
 task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 
@@ -119,9 +125,22 @@ def augmentation():
 
 feed = backbones.feed(BACKBONE, batch_size=BATCH_SIZE, seed=exp.seed, augmentation=augmentation())
 training = phases.FitOptions(EPOCHS, BATCH_SIZE, LEARNING_RATE, OPTIMIZER, class_weight=CLASS_WEIGHTS, feed=feed)
+# The head on features computed once (on disk for later runs): HEAD_STEPS there cost next to nothing.
+cached = FEATURE_CACHE and not AUGMENT
+head = phases.HeadOptions(cache="disk" if cached else None, batch_size=HEAD_BATCH_SIZE, steps=HEAD_STEPS)
+
+# 4. What the recipe leaves to the photos (IMAGE_SIZE, HEAD None): the input size and head that score best on a
+#    sample of the training photos, part of it set aside to score them (the validation photos play no part).
+if IMAGE_SIZE is None or HEAD is None:
+    choice = exp.choose(task, feed, training, head, sizes=None if IMAGE_SIZE is None else [IMAGE_SIZE],
+                        heads=None if HEAD is None else [HEAD])
+    IMAGE_SIZE, HEAD = choice.image_size, choice.head
+    if IMAGE_SIZE != size:
+        backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
+        task = task.at(IMAGE_SIZE)
 
 
-# 4. The network: backbone -> global average pooling (the features) -> the head: dropout, HEAD's dense layers.
+# 5. The network: backbone -> global average pooling (the features) -> the head: dropout, HEAD's dense layers.
 def head_layers():
     layers = [keras.layers.Dropout(HEAD_DROPOUT)] if HEAD_DROPOUT else []
     return [*layers, *(keras.layers.Dense(width, activation="relu") for width in HEAD),
@@ -131,28 +150,28 @@ def head_layers():
 preprocessing = backbones.preprocessing_layers(BACKBONE)
 with exp.run(source, title=f"{BACKBONE} {DATASET}", batch_size=BATCH_SIZE, later_constants=LATER_CONSTANTS,
              backbone=backbone_info) as run:
-    # 5. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, on the backbone's
+    # 6. Phase "transfer": the backbone frozen, in inference mode; only the new head learns, on the backbone's
     #    features computed once (on disk for later runs, as the head for a study: --reuse_transfer=True).
     classifier = Classifier.on_backbone(backbone, keras.layers.GlobalAveragePooling2D(), head_layers(), preprocessing)
-    head = phases.HeadOptions(cache="disk" if FEATURE_CACHE and not AUGMENT else None, batch_size=HEAD_BATCH_SIZE)
     run.fit_head("transfer", classifier, task, training, head, about=f"backbone ({backbone_info['weights']}) frozen",
                  reuse=REUSE_TRANSFER)
 
-    # 6. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate, epochs numbered on.
+    # 7. Phase "fine_tune": unfreeze the top of the backbone and go on at a low learning rate, epochs numbered on.
     #    The layers below the unfrozen ones stay frozen: their activations are computed once, like the features.
     if FINE_TUNE_EPOCHS:
         trainable = classifier.unfreeze(FINE_TUNE_AT, BATCHNORM_MOMENTUM if FINE_TUNE_BATCHNORM else None)
         start = backbones.layer_index(backbone, FINE_TUNE_AT)
-        run.fine_tune("fine_tune", classifier, task, training.replace(
-            epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS, learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE),
-            cache=FEATURE_CACHE and not AUGMENT, about=f"layers {start} on ({trainable} with weights) unfrozen, "
+        later = training.replace(epochs=FINE_TUNE_EPOCHS, initial_epoch=EPOCHS,
+                                 learning_rate=FINE_TUNE_LEARNING_RATE, schedule=SCHEDULE)
+        run.fine_tune("fine_tune", classifier, task, later,
+            cache=cached, about=f"layers {start} on ({trainable} with weights) unfrozen, "
             f"BatchNormalization {'adapting' if FINE_TUNE_BATCHNORM else 'frozen'}")
 
-    # 7. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
+    # 8. The final model on the test images (or validation): per-class scores, plots; model.keras + labels.txt.
     run.evaluate_final(classifier.model, task, feed, f"{BACKBONE} {DATASET}")
     run.save_model(classifier, task.classes)
 
-    # 8. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
+    # 9. Phase "scratch": the same network from random init, every layer training, as many epochs as transfer had.
     if RUN_SCRATCH and SCRATCH_EPOCHS:
         random_backbone = backbones.scratch(BACKBONE, IMAGE_SIZE, BATCHNORM_MOMENTUM)
         scratch = Classifier.on_backbone(random_backbone, keras.layers.GlobalAveragePooling2D(), head_layers(),

@@ -188,6 +188,19 @@ def load(name, image_size, weights, cut_at=None, **options):
     return model, info
 
 
+def size_free(name, backbone):
+    """A twin of `backbone` (family `name`) that takes images of any size, with its weights (a convolutional
+    network's weights do not depend on the input size): one LiteRT conversion serves every size, and its
+    outputs at a size are the fixed-size network's (tests/test_choice.py). None when the family cannot be built
+    without a fixed size."""
+    try:
+        twin = family(name).build(input_shape=(None, None, 3), include_top=False, weights=None)
+        twin.set_weights(backbone.get_weights())
+    except Exception:  # a family with a fixed-size layer: each size is built (and converted) on its own
+        return None
+    return twin
+
+
 def cut(backbone, layer_name):
     """The backbone up to and including the layer `layer_name` (the course recipe stops InceptionV3 at mixed7)."""
     names = [layer.name for layer in backbone.layers]

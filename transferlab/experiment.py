@@ -24,6 +24,7 @@ import numpy as np
 
 from transferlab import (
     backbones,
+    choice,
     config,
     distribute,
     files,
@@ -62,6 +63,8 @@ class Experiment:
         self.inference = litert.Inference.choose(constants["INFERENCE_RUNTIME"], self.strategy.num_replicas_in_sync)
         self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
         self.resumed = records.find_resumable(self.results_dir, name, constants["RESUME"], constants)
+        self.loaded = None  # (backbone, its record section) of the last `backbone` call
+        self.choice, self.size_free = None, None  # choice.Choice and the backbone's size-free twin, once chosen
         seed_everything(self.seed, constants["DETERMINISTIC"])
 
     def scope(self):
@@ -75,7 +78,41 @@ class Experiment:
             backbone, info = backbones.load(name, image_size, weights, cut_at=cut_at)
         if fine_tune_at is not None:
             backbones.layer_index(backbone, fine_tune_at)
+        self.loaded = backbone, info
         return backbone, info
+
+    def choose(self, task, feed, training, head, sizes=None, heads=None):
+        """The input size and head for these photos (choice.choose) on the backbone last loaded (`backbone`) and
+        `task`'s training photos, each candidate head trained as the run's will be (`training`, its
+        phases.FitOptions, and `head`, its phases.HeadOptions: as many passes over its features, the same
+        learning rate, optimizer and batch size); `sizes` None: those the photos' size calls for, `heads` None:
+        choice.HEADS. A resumed run takes its record's choice. What was tried is
+        printed, and goes into the record ("choice"); the seed is set again after it, so the run goes on as it
+        would from a cached choice."""
+        backbone, info = self.loaded
+        name = info["backbone"]
+        self.size_free = backbones.size_free(name, backbone)  # one LiteRT conversion for every size and the run
+        if self.resumed is not None and "choice" in self.resumed:
+            found = choice.Choice.of(self.resumed["choice"])
+        else:
+            side = choice.photo_side(task.train[0].paths)
+            reason = f"input size {sizes[0]} given" if sizes else choice.candidate_sizes(name, side)[1]
+            passes = training.epochs * phases.head_passes(training.epochs, head.steps, task.samples, head.batch_size)
+            settings = choice.Settings(tuple(sizes or choice.candidate_sizes(name, side)[0]),
+                                       tuple(tuple(h) for h in heads or choice.HEADS), passes,
+                                       training.learning_rate, training.optimizer, head.batch_size, reason)
+            print(f"\n== choice: {settings.reason}; {len(settings.sizes)} size(s) x {len(settings.heads)} head(s) on "
+                  f"a sample of the training photos, {settings.epochs} passes each")
+            found = choice.choose(backbone, info, self.size_free, task.train, len(task.classes), feed, settings,
+                                  self.inference)
+            seed_everything(self.seed, self.config["DETERMINISTIC"])
+        print("\n".join(found.table()))
+        print(f"   chosen: {found.image_size} px, head {choice.describe_head(found.head)} "
+              + ("(the record's)" if self.resumed is not None and "choice" in self.resumed else
+                 "(measured before on these photos: the cache)" if found.cached else
+                 f"({found.seconds:.1f} s; {found.sample['fit']} photos fit, {found.sample['held_out']} score)"))
+        self.choice = found
+        return found
 
     @contextlib.contextmanager
     def run(self, data, *, title, batch_size, later_constants=None, backbone=None):
@@ -85,7 +122,8 @@ class Experiment:
         inputs = {phase: [name for name in self.config if name not in (*later, *NOT_INPUTS)]
                   for phase, later in (later_constants or {}).items()}
         sections = {"distribute": distribute.describe(self.strategy, batch_size),
-                    "inference_runtime": self.inference.record(), **({"backbone": backbone} if backbone else {})}
+                    "inference_runtime": self.inference.record(), **({"backbone": backbone} if backbone else {}),
+                    **({"choice": self.choice.record()} if self.choice else {})}
         with Run(self, data, sections, inputs) as run, self.strategy.scope():
             print(f"run {run.run_id}: {run.dir}")
             yield run
@@ -100,6 +138,7 @@ class Run(records.RunRecord):
     def __init__(self, experiment, data, sections, phase_inputs):
         self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
         self.inference = experiment.inference  # litert.Inference: the runtime of the frozen passes, and why
+        self.size_free = experiment.size_free  # the backbone built for any size, when the choice measured sizes
         self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
         self.validation_classes = {}  # {phase: ... of the validation images}, when the phase computed them
         super().__init__(experiment.results_dir, experiment.name, experiment.config, environment(), data,
@@ -113,7 +152,11 @@ class Run(records.RunRecord):
 
     def fit_head(self, name, classifier, task, options, head, about=None, reuse=False, record=None):
         """Phase `name` (`phase`): the `classifier`'s head trained on its frozen features (phases.fit_head, with
-        `head` its phases.HeadOptions). The task's validation images validate, its test images score."""
+        `head` its phases.HeadOptions). The task's validation images validate, its test images score. The
+        backbone's frozen pass runs as its size-free twin when the choice built one: converted once for both."""
+        if self.size_free is not None and classifier.backbone is not None:
+            self.inference.share(classifier.features,
+                                 backbones.feature_extractor(self.size_free, type(classifier.pooling)()))
         return self.phase(name, classifier.model, task, options, lambda: phases.fit_head(
             self, name, classifier.features, classifier.head, task, options, head), about, reuse, record)
 

@@ -86,6 +86,10 @@ class Files:
                 raise ValueError(f"{path} cannot be decoded any more") from None
         return pixels if dtype is None else pixels.astype(dtype)
 
+    def at(self, size):
+        """The same files decoded to `size` x `size` pixels."""
+        return Files(self.paths, (size, size), self.channels)
+
     def digest(self):
         """A sha256 of what the pixels depend on: each file's path, size and modification time, the size and
         channels decoded to. A file rewritten in place changes it."""

@@ -169,6 +169,11 @@ class Inference:
                                      "litert_conversion_seconds": round(seconds, 3)}
         return self.made[key]
 
+    def share(self, model, twin):
+        """Run `model` with the runner of `twin`, the same network built for any input size
+        (backbones.size_free): a run whose input size was measured converts its backbone once."""
+        self.made[model_key(model)] = self.batch_function(twin)
+
 
 KERAS = Inference("keras", "keras", "default")
 

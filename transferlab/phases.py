@@ -63,6 +63,7 @@ class FitOptions:
     feed: pipelines.Feed | None = None  # images through a backbone's pipelines; None: arrays go in as they are
     stop_at_val_accuracy: float | None = None  # end the phase once validation accuracy reaches this
     steps_per_execution: int = 1  # batches per call into TensorFlow
+    passes: int = 1  # over the training arrays an epoch (a head on cached features: head_passes)
 
     def replace(self, **changes):
         """A copy with `changes`: a later phase's options."""
@@ -80,6 +81,13 @@ class HeadOptions:
     cache: str | None  # "disk", "memory", or None: the whole stack every epoch, as published
     batch_size: int  # images per step of the head on cached features
     augmentation: tuple = ()  # layers before the frozen ones, active in training only (the cache must be off)
+    steps: int = 0  # on cached features, at least this many steps in all: each epoch passes over them that often
+
+
+def head_passes(epochs, steps, samples, batch_size):
+    """Passes over `samples` cached features in each of `epochs` epochs, at `batch_size`, for the head to take at
+    least `steps` optimizer steps in all: a small folder's head, or a short run's, converges too."""
+    return max(1, -(-steps // (epochs * -(-samples // batch_size)))) if steps and epochs else 1
 
 
 @dataclasses.dataclass
@@ -124,7 +132,7 @@ def fit(run, phase, model, train, options, validation=None, more_callbacks=()):
     steps_per_execution = options.steps_per_execution
     if tf.distribute.has_strategy():  # Keras 3.15 fails to run several steps per call under a tf.distribute
         steps_per_execution = 1       # strategy ("You must feed a value for placeholder"), so one per call
-    steps_per_epoch = -(-len(train[0]) // distribute.global_batch(options.batch_size))
+    steps_per_epoch = -(-len(train[0]) * options.passes // distribute.global_batch(options.batch_size))
     rate = models.learning_rate_schedule(options.schedule, options.learning_rate, steps_per_epoch, options.epochs)
     models.compile_classifier(model, rate, steps_per_execution, options.optimizer)
     initial_epoch = options.initial_epoch
@@ -138,7 +146,8 @@ def fit(run, phase, model, train, options, validation=None, more_callbacks=()):
         initial_epoch = state["epochs_finished"]
         records.truncate_history(history_csv, initial_epoch)  # drop any epoch logged after the checkpoint
     if options.feed is None:
-        training, validating = pipelines.arrays(train, validation, options.batch_size, run.seed, initial_epoch)
+        training, validating = pipelines.arrays(train, validation, options.batch_size, run.seed, initial_epoch,
+                                                options.passes)
     else:
         training, validating = options.feed(*train, initial_epoch), validation and options.feed(*validation)
     stop = options.stop_at_val_accuracy and callbacks.StopAtValAccuracy(options.stop_at_val_accuracy)
@@ -222,9 +231,12 @@ def fit_head(run, phase, features, head, task, options, head_options):
         f_val, val_status, val_seconds = extract(*task.validation)
         validation, seconds = (f_val, task.validation[1]), seconds + val_seconds
         status = "miss" if "miss" in (status, val_status) else status  # "hit" only when nothing was extracted
-    on_features = options.replace(batch_size=head_options.batch_size, feed=None, steps_per_execution=32)
+    passes = head_passes(options.epochs, head_options.steps, len(f_train), head_options.batch_size)
+    on_features = options.replace(batch_size=head_options.batch_size, feed=None, steps_per_execution=32, passes=passes)
+    if passes > 1:
+        print(f"   the head goes over its features {passes} times an epoch: {head_options.steps} steps at least")
     result = fit(run, phase, head, (f_train, task.train[1]), on_features, validation)
-    result.info = {"feature_cache": status, "batch_size": head_options.batch_size,
+    result.info = {"feature_cache": status, "batch_size": head_options.batch_size, "passes_per_epoch": passes,
                    "feature_extraction_seconds": round(seconds, 3), **runtime_info}
     result.extra_seconds = seconds
     if task.test is not None:

@@ -18,9 +18,10 @@ from transferlab import distribute, images, progress, runtime
 BATCH = 256  # images per decoded batch: enough to keep both cores busy, small next to any image folder
 
 
-def epoch_batches(x, y, batch_size, seed, first_epoch=0):
+def epoch_batches(x, y, batch_size, seed, first_epoch=0, passes=1):
     """A pipeline of shuffled (images, labels) batches for `fit`, one epoch per pass: the first pass is epoch
-    `first_epoch`, the next one the epoch after, each in its own order, a function of (seed, epoch) alone.
+    `first_epoch`, the next one the epoch after, each in its own order, a function of (seed, epoch) alone. With
+    `passes` > 1 an epoch goes over the data that many times, each in an order of its own.
 
     Keras's own shuffling draws each epoch's order from a random stream that restarts with the process,
     so a run resumed at epoch 5 would see epoch 1's order again; here epoch 5 is epoch 5's, resumed or
@@ -31,11 +32,16 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
     epoch = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False)
 
     def order(_):
-        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch.assign_add(1)])
-        return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed_pair)
+        number = epoch.assign_add(1)
+        if passes == 1:
+            return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                            seed=tf.stack([tf.constant(seed, tf.int64), number]))
+        return tf.concat([tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), number * passes + i]))
+            for i in range(passes)], axis=0)
 
     indices = tf.data.Dataset.range(1).map(order).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o))
-    cardinality = tf.data.experimental.assert_cardinality(-(-count // batch_size))
+    cardinality = tf.data.experimental.assert_cardinality(-(-count * passes // batch_size))
     if isinstance(x, images.Files):  # image files: each decoded in parallel as its batch comes up
         paths = tf.constant(x.paths)
         examples = indices.map(lambda i: (x.load(tf.gather(paths, i)), tf.gather(y, i)),
@@ -46,11 +52,12 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0):
     return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def arrays(train, validation, batch_size, seed, first_epoch=0):
+def arrays(train, validation, batch_size, seed, first_epoch=0, passes=1):
     """(training, validation) pipelines of (x, y) arrays as they are: training from epoch `first_epoch` on in
-    seeded epochs (epoch_batches), validation (None: none) in order; every replica's batch in each step."""
+    seeded epochs of `passes` passes (epoch_batches), validation (None: none) in order; every replica's batch in
+    each step."""
     batch = distribute.global_batch(batch_size)
-    training = epoch_batches(*train, batch, seed, first_epoch).prefetch(tf.data.AUTOTUNE)
+    training = epoch_batches(*train, batch, seed, first_epoch, passes).prefetch(tf.data.AUTOTUNE)
     validating = validation and tf.data.Dataset.from_tensor_slices(validation).batch(batch)
     return distribute.sharded(training), validating and distribute.sharded(validating)
 

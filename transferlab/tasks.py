@@ -98,6 +98,12 @@ class Task:
         """How many training images."""
         return len(self.train[1])
 
+    def at(self, size):
+        """The same task with its images (image files: images.Files) decoded to `size` x `size`."""
+        def resized(split):
+            return None if split is None else (split[0].at(size), split[1])
+        return Task(self.classes, resized(self.train), resized(self.validation), resized(self.test))
+
     def counts(self, prefix=""):
         """{split: images} of the splits it has, the record's data "samples"."""
         return {f"{prefix}{split}": len(getattr(self, split)[1]) for split in ("train", "validation", "test")

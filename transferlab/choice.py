@@ -1,0 +1,214 @@
+"""The input size and the head that fit the user's photos, measured on them before the run trains.
+
+The folder recipe's 224 px and linear head were chosen on cats vs dogs, photos of a few hundred pixels. On photos
+of 32 pixels a smaller input scores points more, and which head is best depends on the data (docs/results.md, "A
+default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to the photos (None), `choose` measures:
+
+1. the photos' typical size, the median shorter side of a sample of training files (read from their headers):
+   photos at least as large as the backbone's native size are shown to it at that size, where its weights were
+   trained (fewer pixels only lose detail); smaller ones are tried at SIZE_SHARES of it (96, 160 and 224 px for
+   MobileNetV2);
+2. a sample of the training photos, SAMPLE_PER_CLASS a class picked by a hash of the file's path, of which a
+   HELD_OUT share (by another hash) is set aside: the validation photos the run reports play no part;
+3. each size's frozen features of the sample (the feature cache; every size through one LiteRT conversion:
+   backbones.size_free), each head of HEADS trained on the rest as the run trains its head (as many epochs, the
+   same optimizer, learning rate and batch size) and scored on the part set aside;
+4. the candidate with the highest held-out accuracy; the lower held-out loss breaks a tie.
+
+The choice is a function of the files, the backbone, the candidates and the head's training, not of the run's
+seed, and is kept in the cache (choices/<key>.json): a rerun, another seed or a resumed run on the same photos
+reuses it at no cost.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+
+from transferlab.runtime import seed_everything
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from transferlab import backbones, feature_cache, files, litert, models
+
+SIZE_SHARES = (3 / 7, 5 / 7, 1.0)  # candidate input sizes as shares of the native size: 96, 160, 224 for 224
+HEADS = ([], [256])  # linear, and one hidden layer
+SAMPLE_PER_CLASS = 150  # training photos a class that the candidates are measured on
+HELD_OUT = 0.3  # of the sample: what the candidates are scored on
+PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
+SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
+VERSION = 1  # of the procedure: a cached choice of another version is not reused
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What is measured and how each head trains: the run's head options."""
+
+    sizes: tuple  # input sizes to try; one: the size is given (or the photos are large), only heads are tried
+    heads: tuple  # head widths lists to try
+    epochs: int  # passes over the sample's fitting part: as many as the run's head makes over its photos
+    learning_rate: float
+    optimizer: str = "adam"
+    batch_size: int = 32
+    reason: str = ""  # why these sizes (candidate_sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """What was chosen, from what, and why: the record's "choice" section."""
+
+    image_size: int
+    head: list
+    tried: list  # [{"image_size", "head", "held_out_accuracy", "held_out_loss"}], in the order tried
+    reason: str  # why these sizes were tried
+    sample: dict  # {"fit": images, "held_out": images}
+    seconds: float = 0.0
+    cached: bool = False
+
+    def record(self):
+        return {"image_size": self.image_size, "head": self.head, "reason": self.reason, "sample": self.sample,
+                "tried": self.tried, "seconds": round(self.seconds, 3), "cached": self.cached}
+
+    @classmethod
+    def of(cls, record, cached=True):
+        return cls(record["image_size"], list(record["head"]), record["tried"], record["reason"], record["sample"],
+                   record["seconds"], cached)
+
+    def table(self):
+        """The candidates as printed lines, the chosen one marked."""
+        return [f"   {t['image_size']:>4} px, head {describe_head(t['head']):<12} held-out accuracy "
+                f"{t['held_out_accuracy']:.2%}, loss {t['held_out_loss']:.3f}"
+                + ("   <- chosen" if (t["image_size"], t["head"]) == (self.image_size, self.head) else "")
+                for t in self.tried]
+
+
+def describe_head(head):
+    return "linear" if not head else "-".join(map(str, head))
+
+
+def photo_side(paths, count=PHOTO_SAMPLE):
+    """The median shorter side, in pixels, of up to `count` of the files (evenly spread), from their headers."""
+    step = max(1, len(paths) // count)
+    sides = []
+    for path in list(paths)[::step][:count]:
+        with Image.open(path) as image:  # the header only: nothing is decoded
+            sides.append(min(image.size))
+    return int(statistics.median(sides))
+
+
+def candidate_sizes(name, side):
+    """(sizes to try, why) for photos whose typical shorter side is `side` pixels, on backbone `name`."""
+    family = backbones.family(name)
+    if side >= family.native:
+        return (family.native,), f"photos of {side} px are at least {name}'s native {family.native}: that size"
+    sizes = sorted({max(family.smallest, round(family.native * share / 8) * 8) for share in SIZE_SHARES})
+    return tuple(sizes), f"photos of {side} px, below {name}'s native {family.native}: sizes measured"
+
+
+def hash_share(path, salt):
+    """Where a file falls in [0, 1) for `salt`: a function of its path's last two parts (class folder and name)."""
+    tail = "/".join(os.path.normpath(path).split(os.sep)[-2:])
+    return int.from_bytes(hashlib.sha1(f"{salt}:{tail}".encode()).digest()[:4], "big") / 2**32
+
+
+def sample(paths, labels, per_class=SAMPLE_PER_CLASS, held_out=HELD_OUT):
+    """(fit indices, held-out indices) into the training files: up to `per_class` a class, picked by a hash of
+    the path, and of those a `held_out` share set aside by another hash (at least one a class)."""
+    fit, held = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        picked = sorted(members, key=lambda i: hash_share(paths[i], "sample"))[:per_class]
+        shares = [hash_share(paths[i], "held out") for i in picked]
+        aside = [i for i, s in zip(picked, shares, strict=True) if s < held_out] or [picked[int(np.argmin(shares))]]
+        fit += [i for i in picked if i not in aside]
+        held += aside
+    return np.array(sorted(fit)), np.array(sorted(held))
+
+
+def key(name, weights_sha256, train, settings):
+    """The cache key: the backbone and its weights, the training files (paths, sizes, times) and labels, and what
+    is tried and how."""
+    digest = hashlib.sha256(json.dumps({"version": VERSION, "backbone": name, "weights": weights_sha256,
+                                        "settings": dataclasses.asdict(settings), "per_class": SAMPLE_PER_CLASS,
+                                        "held_out": HELD_OUT, "seed": SEED}, sort_keys=True).encode())
+    digest.update(train[0].digest().encode())
+    digest.update(np.ascontiguousarray(train[1], dtype=np.int64).data)
+    return digest.hexdigest()
+
+
+def folder():
+    return os.path.join(files.cache_dir(), "choices")
+
+
+def score(features, labels, fit, held, head, classes, settings):
+    """(held-out accuracy, held-out loss) of `head` (widths) trained on the `fit` rows for `settings.epochs`."""
+    seed_everything(SEED)
+    layers = [keras.layers.Dense(width, activation="relu") for width in head]
+    model = models.stack(features.shape[1:], [*layers, models.output_layer(classes)], name="candidate")
+    models.compile_classifier(model, settings.learning_rate, steps_per_execution=32, optimizer=settings.optimizer)
+    batches = (tf.data.Dataset.from_tensor_slices((features[fit], labels[fit]))
+               .shuffle(len(fit), seed=SEED).repeat(settings.epochs).batch(settings.batch_size))
+    model.fit(batches, epochs=1, shuffle=False, verbose=0)  # one pass of all epochs: one call, no per-epoch cost
+    loss, accuracy = model.evaluate(features[held], labels[held], batch_size=1024, verbose=0)
+    return float(accuracy), float(loss)
+
+
+def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
+    """The tried list and sample counts: every size of `settings` through `extractors(size)` (a features model
+    taking that size), every head of it, on the sample of `train` (images.Files, labels)."""
+    x, y = train
+    fit, held = sample(x.paths, y)
+    picked = np.concatenate([fit, held])
+    at = {i: n for n, i in enumerate(picked)}
+    fit_rows, held_rows = np.array([at[i] for i in fit]), np.array([at[i] for i in held])
+    tried = []
+    for size in settings.sizes:
+        images, labels = x[picked].at(size), y[picked]
+        extractor = extractors(size)
+        features, _, _, _ = feature_cache.cached(extractor, images, feed(images, labels), feed.preprocessing,
+                                                 inference)
+        features = np.asarray(features)
+        for head in settings.heads:
+            accuracy, loss = score(features, labels, fit_rows, held_rows, head, classes, settings)
+            tried.append({"image_size": size, "head": list(head), "held_out_accuracy": accuracy,
+                          "held_out_loss": loss})
+    return tried, {"fit": len(fit), "held_out": len(held)}
+
+
+def best(tried):
+    """The tried entry with the highest held-out accuracy, the lowest loss among equals."""
+    return max(tried, key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))
+
+
+def choose(model, info, twin, train, classes, feed, settings, inference=litert.KERAS):
+    """The Choice on the training photos `train` ((images.Files, labels)) of `classes` classes for the backbone
+    `model` (`info` its record section, backbones.load's: its name and weights' sha256; `twin` its size-free
+    twin, backbones.size_free, or None: each size is rebuilt): from the cache when these photos were measured
+    before with the same settings, else measured, and cached."""
+    name = info["backbone"]
+    entry = os.path.join(folder(), key(name, info["weights_sha256"], train, settings))
+    found, damaged = files.read_entry(entry, ".json", lambda path, meta: Choice.of(meta))
+    if damaged:
+        print(f"warning: discarding a damaged choice {entry}.json ({damaged}); measuring again")
+    if found is not None:
+        return found
+    start = time.perf_counter()
+
+    def extractor(size):
+        if twin is not None:
+            return backbones.feature_extractor(twin, keras.layers.GlobalAveragePooling2D())
+        fixed, _ = backbones.load(name, size, None)
+        fixed.set_weights(model.get_weights())
+        return backbones.feature_extractor(fixed, keras.layers.GlobalAveragePooling2D())
+
+    tried, counts = measure(extractor, train, classes, feed, settings, inference)
+    chosen = best(tried)
+    choice = Choice(chosen["image_size"], chosen["head"], tried, settings.reason, counts, time.perf_counter() - start)
+    os.makedirs(folder(), exist_ok=True)
+    files.write_json(f"{entry}.json", choice.record())
+    return choice
