@@ -6,10 +6,11 @@ default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to th
 
 1. the photos' typical size, the median shorter side of a sample of training files (read from their headers):
    photos at least as large as the backbone's native size are shown to it at that size, where its weights were
-   trained (fewer pixels only lose detail); smaller ones are tried at SIZE_SHARES of it (96, 160 and 224 px for
-   MobileNetV2);
-2. a sample of the training photos, SAMPLE_PER_CLASS a class picked by a hash of the file's path, of which a
-   HELD_OUT share (by another hash) is set aside: the validation photos the run reports play no part;
+   trained (fewer pixels only lose detail); smaller ones are tried at it and at SIZE_SHARES of it (96, 160 and
+   224 px for MobileNetV2);
+2. a sample of the training photos, SAMPLE_IMAGES shared evenly by the classes, picked by a hash of the file's
+   path, of which a HELD_OUT share (by another hash) is set aside: the validation photos the run reports play
+   no part;
 3. each size's frozen features of the sample (the feature cache; every size through one LiteRT conversion:
    backbones.size_free), each head of HEADS trained on the rest as the run trains its head (as many epochs, the
    same optimizer, learning rate and batch size) and scored on the part set aside;
@@ -36,9 +37,9 @@ from PIL import Image
 
 from transferlab import backbones, feature_cache, files, litert, models
 
-SIZE_SHARES = (3 / 7, 5 / 7, 1.0)  # candidate input sizes as shares of the native size: 96, 160, 224 for 224
+SIZE_SHARES = (3 / 7, 5 / 7)  # smaller input sizes tried beside the native one (224: 96 and 160), in 8-px steps
 HEADS = ([], [256])  # linear, and one hidden layer
-SAMPLE_PER_CLASS = 150  # training photos a class that the candidates are measured on
+SAMPLE_IMAGES = 600  # training photos the candidates are measured on, shared evenly by the classes
 HELD_OUT = 0.3  # of the sample: what the candidates are scored on
 PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
 SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
@@ -106,7 +107,8 @@ def candidate_sizes(name, side):
     family = backbones.family(name)
     if side >= family.native:
         return (family.native,), f"photos of {side} px are at least {name}'s native {family.native}: that size"
-    sizes = sorted({max(family.smallest, round(family.native * share / 8) * 8) for share in SIZE_SHARES})
+    sizes = sorted({family.native, *(max(family.smallest, round(family.native * share / 8) * 8)
+                                     for share in SIZE_SHARES)})
     return tuple(sizes), f"photos of {side} px, below {name}'s native {family.native}: sizes measured"
 
 
@@ -116,10 +118,12 @@ def hash_share(path, salt):
     return int.from_bytes(hashlib.sha1(f"{salt}:{tail}".encode()).digest()[:4], "big") / 2**32
 
 
-def sample(paths, labels, per_class=SAMPLE_PER_CLASS, held_out=HELD_OUT):
-    """(fit indices, held-out indices) into the training files: up to `per_class` a class, picked by a hash of
-    the path, and of those a `held_out` share set aside by another hash (at least one a class)."""
+def sample(paths, labels, images=SAMPLE_IMAGES, held_out=HELD_OUT):
+    """(fit indices, held-out indices) into the training files: up to `images` shared evenly by the classes (at
+    least 2 a class), picked by a hash of the path, and of those a `held_out` share set aside by another hash (at
+    least one a class)."""
     fit, held = [], []
+    per_class = max(2, images // len(np.unique(labels)))
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         picked = sorted(members, key=lambda i: hash_share(paths[i], "sample"))[:per_class]
@@ -134,7 +138,7 @@ def key(name, weights_sha256, train, settings):
     """The cache key: the backbone and its weights, the training files (paths, sizes, times) and labels, and what
     is tried and how."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, "backbone": name, "weights": weights_sha256,
-                                        "settings": dataclasses.asdict(settings), "per_class": SAMPLE_PER_CLASS,
+                                        "settings": dataclasses.asdict(settings), "images": SAMPLE_IMAGES,
                                         "held_out": HELD_OUT, "seed": SEED}, sort_keys=True).encode())
     digest.update(train[0].digest().encode())
     digest.update(np.ascontiguousarray(train[1], dtype=np.int64).data)

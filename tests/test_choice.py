@@ -1,0 +1,138 @@
+"""The folder recipe's measured choice of input size and head (transferlab/choice.py), and a head that converges."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab import backbones, choice, images, litert, phases, pipelines
+
+
+def test_photos_at_least_the_native_size_are_shown_at_it_and_smaller_ones_try_three_sizes():
+    assert choice.candidate_sizes("MobileNetV2", 375) == (
+        (224,), "photos of 375 px are at least MobileNetV2's native 224: that size")
+    assert choice.candidate_sizes("MobileNetV2", 32) == (
+        (96, 160, 224), "photos of 32 px, below MobileNetV2's native 224: sizes measured")
+    # Another family's shares of its own native size, rounded to 8 pixels, the native size itself kept.
+    assert choice.candidate_sizes("InceptionV3", 100)[0] == (128, 216, 299)
+
+
+def test_the_photos_typical_size_is_the_median_shorter_side_from_the_headers(tmp_path):
+    paths = []
+    for i, (w, h) in enumerate([(32, 32), (640, 48), (50, 400), (100, 90), (28, 28)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (w, h)).save(paths[-1])
+    assert choice.photo_side(paths) == 48  # shorter sides 32, 48, 50, 90, 28
+
+
+def test_the_sample_is_a_function_of_the_file_names_shared_by_the_classes_with_a_part_set_aside():
+    paths = np.array([f"/a/{c}/{i:04d}.jpg" for c in ("cat", "dog") for i in range(300)])
+    labels = np.repeat([0, 1], 300)
+    fit, held = choice.sample(paths, labels, images=300, held_out=0.3)
+    assert len(fit) + len(held) == 300 and not set(fit) & set(held)
+    assert np.bincount(labels[np.concatenate([fit, held])]).tolist() == [150, 150]
+    assert 60 <= len(held) <= 120  # about 0.3 of 300
+    # The same files in another folder and order give the same sample: the hash reads class folder and name.
+    moved = np.array([p.replace("/a/", "/elsewhere/") for p in paths])
+    order = np.random.default_rng(0).permutation(600)
+    fit2, held2 = choice.sample(moved[order], labels[order], images=300, held_out=0.3)
+    assert sorted(moved[order][held2]) == sorted(moved[held])
+    # A class of two files still has one set aside.
+    fit3, held3 = choice.sample(np.array(["/a/x/1.jpg", "/a/x/2.jpg", "/a/y/1.jpg", "/a/y/2.jpg"]),
+                                np.array([0, 0, 1, 1]), held_out=0.0)
+    assert len(held3) == 2 and len(fit3) == 2
+
+
+def test_the_best_candidate_has_the_highest_held_out_accuracy_and_the_lower_loss_breaks_a_tie():
+    tried = [{"image_size": 96, "head": [], "held_out_accuracy": 0.80, "held_out_loss": 0.5},
+             {"image_size": 160, "head": [], "held_out_accuracy": 0.85, "held_out_loss": 0.6},
+             {"image_size": 160, "head": [256], "held_out_accuracy": 0.85, "held_out_loss": 0.4},
+             {"image_size": 224, "head": [], "held_out_accuracy": 0.84, "held_out_loss": 0.1}]
+    assert choice.best(tried) is tried[2]
+
+
+@pytest.mark.parametrize("epochs, steps, samples, batch, passes", [
+    (10, 1500, 1600, 32, 3),   # 50 steps an epoch: 3 passes make 1,500 steps in 10 epochs
+    (10, 1500, 2000, 32, 3),   # 63 steps an epoch: 630 a pass, so 3
+    (5, 1500, 150, 32, 60),    # the issue's short run on a small folder: 5 steps an epoch
+    (10, 0, 150, 32, 1),       # HEAD_STEPS 0: EPOCHS exactly
+    (10, 100, 1600, 32, 1),    # already more steps than asked
+])
+def test_a_head_on_cached_features_passes_over_them_often_enough_to_take_its_steps(epochs, steps, samples, batch,
+                                                                                   passes):
+    assert phases.head_passes(epochs, steps, samples, batch) == passes
+
+
+def test_an_epoch_of_several_passes_sees_every_example_that_often_in_a_fresh_order_each_time():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    y = np.arange(10)
+    batches = list(pipelines.epoch_batches(x, y, 4, seed=3, passes=3))
+    seen = np.concatenate([b[1].numpy() for b in batches])
+    assert len(batches) == 8 and np.bincount(seen).tolist() == [1 * 3] * 10  # ceil(30 / 4) batches
+    assert not np.array_equal(seen[:10], seen[10:20])
+    # One pass gives the order it always gave: runs without HEAD_STEPS train as before.
+    one = np.concatenate([b[1].numpy() for b in pipelines.epoch_batches(x, y, 4, seed=3)])
+    again = np.concatenate([b[1].numpy() for b in pipelines.epoch_batches(x, y, 4, seed=3, passes=1)])
+    assert np.array_equal(one, again) and sorted(one) == list(range(10))
+
+
+def test_the_size_free_twin_gives_the_fixed_backbones_features_at_each_size():
+    for size in (32, 48):
+        fixed, _ = backbones.load("MobileNetV2", size, None)
+        twin = backbones.size_free("MobileNetV2", fixed)
+        assert twin.input_shape == (None, None, None, 3)
+        x = np.random.default_rng(size).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+        pooled = keras.layers.GlobalAveragePooling2D
+        expected = backbones.feature_extractor(fixed, pooled()).predict_on_batch(x)
+        np.testing.assert_allclose(backbones.feature_extractor(twin, pooled()).predict_on_batch(x), expected,
+                                   atol=1e-5)
+
+
+def test_the_run_shares_the_twins_litert_conversion_and_gets_the_fixed_models_features(private_litert):
+    fixed, _ = backbones.load("MobileNetV2", 32, None)
+    pooled = keras.layers.GlobalAveragePooling2D
+    features = backbones.feature_extractor(fixed, pooled())
+    inference = litert.Inference.choose("litert")
+    inference.share(features, backbones.feature_extractor(backbones.size_free("MobileNetV2", fixed), pooled()))
+    run_batch, info = inference.batch_function(features)
+    assert info["litert_conversion"] == "miss" and len(inference.made) == 2  # one conversion, under both keys
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(run_batch(x), features.predict_on_batch(x), atol=1e-4)
+
+
+def make_photos(root, side, per_class=12):
+    """Two classes of `side`-px photos: a red and a blue square over noise."""
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (side, side, 3), dtype=np.uint8)
+            pixels[side // 4:3 * side // 4, side // 4:3 * side // 4] = colour
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    paths = sorted(str(p) for p in root.glob("*/*.png"))
+    return images.Files(paths, (32, 32)), np.array([0 if "/c0/" in p else 1 for p in paths])
+
+
+def test_choose_measures_every_candidate_once_then_the_cache_answers(tmp_path, cache_dir, capsys):
+    train = make_photos(tmp_path / "photos", 20)
+    backbone, info = backbones.load("MobileNetV2", 32, None)
+    twin = backbones.size_free("MobileNetV2", backbone)
+    feed = backbones.feed("MobileNetV2", batch_size=8, seed=0)
+    settings = choice.Settings((32, 48), ((), (8,)), epochs=2, learning_rate=1e-3, batch_size=8, reason="test")
+    found = choice.choose(backbone, info, twin, train, 2, feed, settings)
+    assert [(t["image_size"], t["head"]) for t in found.tried] == [(32, []), (32, [8]), (48, []), (48, [8])]
+    assert all(0 <= t["held_out_accuracy"] <= 1 and t["held_out_loss"] > 0 for t in found.tried)
+    assert found.sample["fit"] + found.sample["held_out"] == 24 and not found.cached
+    assert (found.image_size, found.head) == next((t["image_size"], t["head"]) for t in found.tried
+                                                  if t is choice.best(found.tried))
+    (entry,) = (cache_dir / "choices").glob("*.json")
+    again = choice.choose(backbone, info, twin, train, 2, feed, settings)
+    assert again.cached and again.tried == found.tried and again.image_size == found.image_size
+    # Other settings are another entry; a damaged entry is said, removed, and measured again.
+    entry.write_text("{not json")
+    third = choice.choose(backbone, info, None, train, 2, feed, settings)  # no twin: each size rebuilt
+    assert "discarding a damaged choice" in capsys.readouterr().out and not third.cached
+    assert json.loads(entry.read_text())["tried"] == third.record()["tried"]
+    assert [(t["image_size"], t["head"]) for t in third.tried] == [(t["image_size"], t["head"]) for t in found.tried]
