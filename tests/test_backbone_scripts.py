@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,44 @@ def test_mobilenet_on_a_three_class_folder_runs_every_phase(image_folder_3, tmp_
             last = list(csv.DictReader(f))[-1]
         assert phase["val_accuracy"] == pytest.approx(float(last["val_accuracy"]), abs=1e-6), name
         assert phase["val_loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5), name
+
+
+def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_next_run_reuses_it(
+        image_folder_3, tmp_path, cache_dir):
+    results = tmp_path / "results"
+    common = [f"--data_dir={image_folder_3}", "--weights=None", "--epochs=2", "--head_steps=40", "--batch_size=8",
+              "--head_batch_size=4", "--tensorboard=False", f"--results_dir={results}"]
+    first = run_script("mobilenet_transfer.py", *common, "--seed=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"== choice: photos of 2\d px, below MobileNetV2's native 224: sizes measured; "
+                     r"3 size\(s\) x 2 head\(s\)", first.stdout)
+    record, folder = only_record(results, "mobilenet")
+    chosen = record["choice"]
+    assert [(t["image_size"], t["head"]) for t in chosen["tried"]] == [
+        (96, []), (96, [256]), (160, []), (160, [256]), (224, []), (224, [256])]
+    assert chosen["cached"] is False  # the sample: every training photo of so small a folder
+    assert chosen["sample"]["fit"] + chosen["sample"]["held_out"] == record["data"]["samples"]["train"]
+    best = max(chosen["tried"], key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))
+    assert (chosen["image_size"], chosen["head"]) == (best["image_size"], best["head"])
+    # The constants stay as given (None: measured); the model is the chosen one.
+    assert record["config"]["IMAGE_SIZE"] is None and record["config"]["HEAD"] is None
+    assert record["backbone"]["input_size"] == chosen["image_size"]
+    transfer = record["phases"]["transfer"]
+    assert transfer["trainable_params"] == (1280 * 3 + 3 if not chosen["head"] else 1280 * 256 + 256 + 256 * 3 + 3)
+    # 40 steps at least in 2 epochs over the training features, 4 a step: enough passes an epoch for 20 steps.
+    steps_per_pass = -(-transfer["train_samples"] // 4)
+    assert transfer["passes_per_epoch"] == -(-20 // steps_per_pass)
+    assert f"{chosen['image_size']} px, head" in first.stdout and "<- chosen" in first.stdout
+    import keras
+    model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True)
+    assert model.input_shape[1:3] == (chosen["image_size"], chosen["image_size"])
+    # Another seed on the same photos: the choice is the cache's, the same; the run trains at that size.
+    second = run_script("mobilenet_transfer.py", *common, "--seed=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(measured before on these photos: the cache)" in second.stdout
+    records = [json.load(open(p)) for p in glob.glob(str(results / "mobilenet" / "*" / "record.json"))]
+    again = next(r for r in records if r["config"]["SEED"] == 2)
+    assert again["choice"] == {**chosen, "cached": True}
 
 
 def test_mobilenet_reuses_the_frozen_phase_of_a_run_with_the_same_constants(image_folder, tmp_path, cache_dir):

@@ -1,6 +1,7 @@
 """`python -m bench --quick`: every figure is produced and well-formed (no timing assertions)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -73,3 +74,25 @@ def test_the_flop_count_of_mobilenet_v2_is_the_published_300_million_multiply_ad
 
     backbone, _ = backbones.load("MobileNetV2", 224, None)
     assert 2 * 295e6 <= flops_per_image(backbone) <= 2 * 302e6
+
+
+def test_the_low_resolution_folders_are_made_from_the_datasets_folder(mnist_dir, tmp_path):
+    from PIL import Image
+
+    from bench import folders
+
+    for name in ("airplane", "automobile", "bird", "deer", "horse"):
+        (mnist_dir / "cifar10" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (i, 0, 0)).save(mnist_dir / "cifar10" / "train" / name / f"{i:04d}.jpg")
+    out = tmp_path / "out"
+    folders.cifar4(str(mnist_dir), str(out / "cifar4"), per_class=2)
+    folders.digits(str(mnist_dir), str(out / "digits"), per_class=5)
+    assert sorted(os.listdir(out / "cifar4")) == ["airplane", "automobile", "deer", "horse"]
+    assert sorted(os.listdir(out / "cifar4" / "deer")) == ["0000.jpg", "0001.jpg"]
+    assert (out / "cifar4" / "deer" / "0001.jpg").read_bytes() == (
+        mnist_dir / "cifar10" / "train" / "deer" / "0001.jpg").read_bytes()
+    assert sorted(os.listdir(out / "digits")) == [str(d) for d in range(10)]
+    with Image.open(out / "digits" / "7" / "0004.png") as image:
+        assert image.mode == "L" and image.size == (28, 28)
+    assert folders.main([str(out), f"--data_dir={tmp_path / 'nowhere'}"]) == 2
