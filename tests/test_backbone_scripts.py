@@ -94,7 +94,7 @@ def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_nex
     assert [(t["image_size"], t["head"]) for t in chosen["tried"]] == [
         (96, []), (96, [256]), (160, []), (160, [256]), (224, []), (224, [256])]
     assert chosen["cached"] is False  # the sample: every training photo of so small a folder
-    assert chosen["sample"]["fit"] + chosen["sample"]["held_out"] == record["data"]["samples"]["train"]
+    assert chosen["sample"] == {"images": record["data"]["samples"]["train"], "folds": 3}
     best = max(chosen["tried"], key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))
     assert (chosen["image_size"], chosen["head"]) == (best["image_size"], best["head"])
     # The constants stay as given (None: measured); the model is the chosen one.

@@ -27,22 +27,25 @@ def test_the_photos_typical_size_is_the_median_shorter_side_from_the_headers(tmp
     assert choice.photo_side(paths) == 48  # shorter sides 32, 48, 50, 90, 28
 
 
-def test_the_sample_is_a_function_of_the_file_names_shared_by_the_classes_with_a_part_set_aside():
+def test_the_sample_is_a_function_of_the_file_names_shared_by_the_classes_and_dealt_into_folds():
     paths = np.array([f"/a/{c}/{i:04d}.jpg" for c in ("cat", "dog") for i in range(300)])
     labels = np.repeat([0, 1], 300)
-    fit, held = choice.sample(paths, labels, images=300, held_out=0.3)
-    assert len(fit) + len(held) == 300 and not set(fit) & set(held)
-    assert np.bincount(labels[np.concatenate([fit, held])]).tolist() == [150, 150]
-    assert 60 <= len(held) <= 120  # about 0.3 of 300
-    # The same files in another folder and order give the same sample: the hash reads class folder and name.
+    picked, fold = choice.sample(paths, labels, images=300, folds=3)
+    assert len(set(picked)) == 300 and np.bincount(labels[picked]).tolist() == [150, 150]
+    # Every fold holds a third of each class.
+    assert [np.bincount(labels[picked][fold == k]).tolist() for k in range(3)] == [[50, 50]] * 3
+    # The same files in another folder and order give the same sample and folds: the hash reads the class folder
+    # and the name only.
     moved = np.array([p.replace("/a/", "/elsewhere/") for p in paths])
     order = np.random.default_rng(0).permutation(600)
-    fit2, held2 = choice.sample(moved[order], labels[order], images=300, held_out=0.3)
-    assert sorted(moved[order][held2]) == sorted(moved[held])
-    # A class of two files still has one set aside.
-    fit3, held3 = choice.sample(np.array(["/a/x/1.jpg", "/a/x/2.jpg", "/a/y/1.jpg", "/a/y/2.jpg"]),
-                                np.array([0, 0, 1, 1]), held_out=0.0)
-    assert len(held3) == 2 and len(fit3) == 2
+    picked2, fold2 = choice.sample(moved[order], labels[order], images=300, folds=3)
+    assert [sorted(moved[order][picked2][fold2 == k]) for k in range(3)] == [sorted(moved[picked][fold == k])
+                                                                             for k in range(3)]
+    # A small class still has a photo in every fold.
+    small, small_fold = choice.sample(np.array([f"/a/x/{i}.jpg" for i in range(3)] + ["/a/y/1.jpg", "/a/y/2.jpg",
+                                                                                       "/a/y/3.jpg"]),
+                                      np.array([0, 0, 0, 1, 1, 1]), folds=3)
+    assert sorted(small_fold.tolist()) == [0, 0, 1, 1, 2, 2] and len(small) == 6
 
 
 def test_the_best_candidate_has_the_highest_held_out_accuracy_and_the_lower_loss_breaks_a_tie():
@@ -124,7 +127,7 @@ def test_choose_measures_every_candidate_once_then_the_cache_answers(tmp_path, c
     found = choice.choose(backbone, info, twin, train, 2, feed, settings)
     assert [(t["image_size"], t["head"]) for t in found.tried] == [(32, []), (32, [8]), (48, []), (48, [8])]
     assert all(0 <= t["held_out_accuracy"] <= 1 and t["held_out_loss"] > 0 for t in found.tried)
-    assert found.sample["fit"] + found.sample["held_out"] == 24 and not found.cached
+    assert found.sample == {"images": 24, "folds": 3} and not found.cached
     assert (found.image_size, found.head) == next((t["image_size"], t["head"]) for t in found.tried
                                                   if t is choice.best(found.tried))
     (entry,) = (cache_dir / "choices").glob("*.json")

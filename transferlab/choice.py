@@ -9,11 +9,12 @@ default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to th
    trained (fewer pixels only lose detail); smaller ones are tried at it and at SIZE_SHARES of it (96, 160 and
    224 px for MobileNetV2);
 2. a sample of the training photos, SAMPLE_IMAGES shared evenly by the classes, picked by a hash of the file's
-   path, of which a HELD_OUT share (by another hash) is set aside: the validation photos the run reports play
-   no part;
+   path, cut into FOLDS folds by another hash: the validation photos the run reports play no part;
 3. each size's frozen features of the sample (the feature cache; every size through one LiteRT conversion:
-   backbones.size_free), each head of HEADS trained on the rest as the run trains its head (as many epochs, the
-   same optimizer, learning rate and batch size) and scored on the part set aside;
+   backbones.size_free), and each head of HEADS trained FOLDS times, each time on all folds but one, as the run
+   trains its head (as many passes, the same optimizer, learning rate and batch size), and scored on the fold
+   it did not see: every photo of the sample is scored once (cross-validation: a sample of 600 photos cannot
+   tell a point apart when only a third of it scores);
 4. the candidate with the highest held-out accuracy; the lower held-out loss breaks a tie.
 
 The choice is a function of the files, the backbone, the candidates and the head's training, not of the run's
@@ -40,10 +41,10 @@ from transferlab import backbones, feature_cache, files, litert, models
 SIZE_SHARES = (3 / 7, 5 / 7)  # smaller input sizes tried beside the native one (224: 96 and 160), in 8-px steps
 HEADS = ([], [256])  # linear, and one hidden layer
 SAMPLE_IMAGES = 600  # training photos the candidates are measured on, shared evenly by the classes
-HELD_OUT = 0.3  # of the sample: what the candidates are scored on
+FOLDS = 3  # each candidate trains on two thirds of the sample and scores the third it did not see, three times
 PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
 SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
-VERSION = 1  # of the procedure: a cached choice of another version is not reused
+VERSION = 2  # of the procedure: a cached choice of another version is not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +119,19 @@ def hash_share(path, salt):
     return int.from_bytes(hashlib.sha1(f"{salt}:{tail}".encode()).digest()[:4], "big") / 2**32
 
 
-def sample(paths, labels, images=SAMPLE_IMAGES, held_out=HELD_OUT):
-    """(fit indices, held-out indices) into the training files: up to `images` shared evenly by the classes (at
-    least 2 a class), picked by a hash of the path, and of those a `held_out` share set aside by another hash (at
-    least one a class)."""
-    fit, held = [], []
-    per_class = max(2, images // len(np.unique(labels)))
+def sample(paths, labels, images=SAMPLE_IMAGES, folds=FOLDS):
+    """(indices into the training files, the fold of each): up to `images` shared evenly by the classes (at least
+    `folds` a class), picked by a hash of the path, each in a fold by another hash (every fold has every class
+    that has `folds` photos: a class's photos are dealt to the folds in the order of that hash)."""
+    picked, fold = [], []
+    per_class = max(folds, images // len(np.unique(labels)))
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        picked = sorted(members, key=lambda i: hash_share(paths[i], "sample"))[:per_class]
-        shares = [hash_share(paths[i], "held out") for i in picked]
-        aside = [i for i, s in zip(picked, shares, strict=True) if s < held_out] or [picked[int(np.argmin(shares))]]
-        fit += [i for i in picked if i not in aside]
-        held += aside
-    return np.array(sorted(fit)), np.array(sorted(held))
+        chosen = sorted(members, key=lambda i: hash_share(paths[i], "sample"))[:per_class]
+        dealt = sorted(chosen, key=lambda i: hash_share(paths[i], "fold"))
+        picked += dealt
+        fold += [n % folds for n in range(len(dealt))]
+    return np.array(picked), np.array(fold)
 
 
 def key(name, weights_sha256, train, settings):
@@ -139,7 +139,7 @@ def key(name, weights_sha256, train, settings):
     is tried and how."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, "backbone": name, "weights": weights_sha256,
                                         "settings": dataclasses.asdict(settings), "images": SAMPLE_IMAGES,
-                                        "held_out": HELD_OUT, "seed": SEED}, sort_keys=True).encode())
+                                        "folds": FOLDS, "seed": SEED}, sort_keys=True).encode())
     digest.update(train[0].digest().encode())
     digest.update(np.ascontiguousarray(train[1], dtype=np.int64).data)
     return digest.hexdigest()
@@ -149,31 +149,36 @@ def folder():
     return os.path.join(files.cache_dir(), "choices")
 
 
-def score(features, labels, fit, held, heads, classes, settings):
+def score(features, labels, fold, heads, classes, settings):
     """[(held-out accuracy, held-out loss)] of every (size, head) pair, sizes in the order of `features` (one
-    array of rows a size), heads of `heads` (widths): each head trained on the `fit` rows for `settings.epochs`
-    passes. They train together in one model, one output a pair: their weights are disjoint and the loss their
-    sum, so each learns as it would alone (Adam scales each weight's step by its own gradients), at the cost of
-    one training loop instead of one a candidate."""
+    array of rows a size), heads of `heads` (widths): each trained once a fold on the other folds' rows for
+    `settings.epochs` passes and scored on its own fold's, the scores pooled over the folds.
+    All train together in one model, one output a (size, head, fold), each output's loss weighing only the rows
+    outside its fold: their weights are disjoint and the loss their sum, so each learns as it would alone (Adam
+    scales each weight's step by its own gradients), in one training loop instead of one a candidate."""
     seed_everything(SEED)
+    folds = int(fold.max()) + 1
     inputs = [keras.Input(f.shape[1:]) for f in features]
     outputs = [models.stack(f.shape[1:], [*(keras.layers.Dense(w, activation="relu") for w in head),
-                                          models.output_layer(classes)], name=f"candidate_{i}_{j}")(x)
-               for i, (f, x) in enumerate(zip(features, inputs, strict=True)) for j, head in enumerate(heads)]
+                                          models.output_layer(classes)], name=f"candidate_{i}_{j}_{k}")(x)
+               for i, (f, x) in enumerate(zip(features, inputs, strict=True)) for j, head in enumerate(heads)
+               for k in range(folds)]
     model = keras.Model(inputs, outputs, name="candidates")
     binary = classes == 2
     model.compile(optimizer=models.OPTIMIZERS[settings.optimizer](learning_rate=settings.learning_rate),
                   loss=["binary_crossentropy" if binary else "sparse_categorical_crossentropy"] * len(outputs),
                   steps_per_execution=32)
-    x = tuple(f[fit] for f in features)
-    batches = (tf.data.Dataset.from_tensor_slices((x, (labels[fit],) * len(outputs)))
-               .shuffle(len(fit), seed=SEED).repeat(settings.epochs).batch(settings.batch_size))
+    outside = tuple((fold != k % folds).astype(np.float32) for k in range(len(outputs)))  # output n: fold n % folds
+    batches = (tf.data.Dataset.from_tensor_slices((tuple(features), (labels,) * len(outputs), outside))
+               .shuffle(len(labels), seed=SEED).repeat(settings.epochs).batch(settings.batch_size))
     model.fit(batches, epochs=1, shuffle=False, verbose=0)  # all passes in one: no per-epoch cost
+    predicted = model.predict(tuple(features), batch_size=1024, verbose=0)
     scores = []
-    for probabilities in model.predict(tuple(f[held] for f in features), batch_size=1024, verbose=0):
+    for n in range(0, len(outputs), folds):  # a candidate's outputs, one a fold
+        probabilities = np.concatenate([predicted[n + k][fold == k] for k in range(folds)])
+        truth = np.concatenate([labels[fold == k] for k in range(folds)])
         if binary:  # one sigmoid unit: the probability of class 1
             probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
-        truth = labels[held]
         loss = -np.mean(np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)))
         scores.append((float(np.mean(probabilities.argmax(axis=1) == truth)), float(loss)))
     return scores
@@ -183,8 +188,7 @@ def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
     """The tried list and sample counts: every size of `settings` through `extractors(size)` (a features model
     taking that size), every head of it, on the sample of `train` (images.Files, labels)."""
     x, y = train
-    fit, held = sample(x.paths, y)
-    picked = np.concatenate([fit, held])
+    picked, fold = sample(x.paths, y)
     labels = y[picked]
     features = []
     for size in settings.sizes:
@@ -192,12 +196,11 @@ def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
         found, _, _, _ = feature_cache.cached(extractors(size), images, feed(images, labels), feed.preprocessing,
                                               inference)
         features.append(np.asarray(found))
-    rows = np.arange(len(picked))
-    scores = iter(score(features, labels, rows[:len(fit)], rows[len(fit):], settings.heads, classes, settings))
+    scores = iter(score(features, labels, fold, settings.heads, classes, settings))
     tried = [{"image_size": size, "head": list(head), **dict(zip(("held_out_accuracy", "held_out_loss"),
                                                                   next(scores), strict=True))}
              for size in settings.sizes for head in settings.heads]
-    return tried, {"fit": len(fit), "held_out": len(held)}
+    return tried, {"images": len(picked), "folds": int(fold.max()) + 1}
 
 
 def best(tried):

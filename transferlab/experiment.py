@@ -110,7 +110,8 @@ class Experiment:
         print(f"   chosen: {found.image_size} px, head {choice.describe_head(found.head)} "
               + ("(the record's)" if self.resumed is not None and "choice" in self.resumed else
                  "(measured before on these photos: the cache)" if found.cached else
-                 f"({found.seconds:.1f} s; {found.sample['fit']} photos fit, {found.sample['held_out']} score)"))
+                 f"({found.seconds:.1f} s; {found.sample['images']} photos, each scored once in "
+                 f"{found.sample['folds']} folds)"))
         self.choice = found
         return found
 
