@@ -125,7 +125,11 @@ def test_choose_measures_every_candidate_once_then_the_cache_answers(tmp_path, c
     feed = backbones.feed("MobileNetV2", batch_size=8, seed=0)
     settings = choice.Settings((32, 48), ((), (8,)), epochs=2, learning_rate=1e-3, batch_size=8, reason="test")
     found = choice.choose(backbone, info, twin, train, 2, feed, settings)
-    assert [(t["image_size"], t["head"]) for t in found.tried] == [(32, []), (32, [8]), (48, []), (48, [8])]
+    # Sizes with the first head, then the other head at the size that scored best.
+    first = [t for t in found.tried if not t["head"]]
+    assert [(t["image_size"], t["head"]) for t in found.tried] == [(32, []), (48, []),
+                                                                     (choice.best(first)["image_size"], [8])]
+    assert choice.describe(settings) == "sizes 32, 48 with head linear, then head 8 at the best"
     assert all(0 <= t["held_out_accuracy"] <= 1 and t["held_out_loss"] > 0 for t in found.tried)
     assert found.sample == {"images": 24, "folds": 3} and not found.cached
     assert (found.image_size, found.head) == next((t["image_size"], t["head"]) for t in found.tried
@@ -138,4 +142,4 @@ def test_choose_measures_every_candidate_once_then_the_cache_answers(tmp_path, c
     third = choice.choose(backbone, info, None, train, 2, feed, settings)  # no twin: each size rebuilt
     assert "discarding a damaged choice" in capsys.readouterr().out and not third.cached
     assert json.loads(entry.read_text())["tried"] == third.record()["tried"]
-    assert [(t["image_size"], t["head"]) for t in third.tried] == [(t["image_size"], t["head"]) for t in found.tried]
+    assert [t["head"] for t in third.tried] == [[], [], [8]]

@@ -11,10 +11,11 @@ default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to th
 2. a sample of the training photos, SAMPLE_IMAGES shared evenly by the classes, picked by a hash of the file's
    path, cut into FOLDS folds by another hash: the validation photos the run reports play no part;
 3. each size's frozen features of the sample (the feature cache; every size through one LiteRT conversion:
-   backbones.size_free), and each head of HEADS trained FOLDS times, each time on all folds but one, as the run
+   backbones.size_free), a linear head on them trained FOLDS times, each time on all folds but one, as the run
    trains its head (as many passes, the same optimizer, learning rate and batch size), and scored on the fold
    it did not see: every photo of the sample is scored once (cross-validation: a sample of 600 photos cannot
-   tell a point apart when only a third of it scores);
+   tell a point apart when only a third of it scores); then the other heads of HEADS, the same way, at the
+   size that scored best;
 4. the candidate with the highest held-out accuracy; the lower held-out loss breaks a tie.
 
 The choice is a function of the files, the backbone, the candidates and the head's training, not of the run's
@@ -44,7 +45,7 @@ SAMPLE_IMAGES = 600  # training photos the candidates are measured on, shared ev
 FOLDS = 3  # each candidate trains on two thirds of the sample and scores the third it did not see, three times
 PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
 SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
-VERSION = 2  # of the procedure: a cached choice of another version is not reused
+VERSION = 3  # of the procedure: a cached choice of another version is not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,15 @@ class Choice:
                 f"{t['held_out_accuracy']:.2%}, loss {t['held_out_loss']:.3f}"
                 + ("   <- chosen" if (t["image_size"], t["head"]) == (self.image_size, self.head) else "")
                 for t in self.tried]
+
+
+def describe(settings):
+    """What `measure` tries, in words: "sizes 96, 160, 224 with a linear head, then head 256 at the best"."""
+    sizes = ", ".join(map(str, settings.sizes))
+    heads = [describe_head(h) for h in settings.heads]
+    if len(settings.sizes) == 1 or len(heads) == 1:
+        return f"size{'s' * (len(settings.sizes) > 1)} {sizes} x head{'s' * (len(heads) > 1)} {', '.join(heads)}"
+    return f"sizes {sizes} with head {heads[0]}, then head{'s' * (len(heads) > 2)} {', '.join(heads[1:])} at the best"
 
 
 def describe_head(head):
@@ -196,11 +206,23 @@ def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
         found, _, _, _ = feature_cache.cached(extractors(size), images, feed(images, labels), feed.preprocessing,
                                               inference)
         features.append(np.asarray(found))
-    scores = iter(score(features, labels, fold, settings.heads, classes, settings))
-    tried = [{"image_size": size, "head": list(head), **dict(zip(("held_out_accuracy", "held_out_loss"),
-                                                                  next(scores), strict=True))}
-             for size in settings.sizes for head in settings.heads]
+    # Sizes under the first head (linear: the cheapest), then the other heads at the best size: a hidden layer
+    # trained three times at every size cost three times the rest of the choice (docs/design.md).
+    first, others = (settings.heads, ()) if len(settings.sizes) == 1 else (settings.heads[:1], settings.heads[1:])
+    tried = entries(settings.sizes, first, score(features, labels, fold, first, classes, settings))
+    if others:
+        size = best(tried)["image_size"]
+        tried += entries([size], others, score([features[settings.sizes.index(size)]], labels, fold, others,
+                                               classes, settings))
     return tried, {"images": len(picked), "folds": int(fold.max()) + 1}
+
+
+def entries(sizes, heads, scores):
+    """The tried list's entries of `sizes` x `heads`, in that order, from their (accuracy, loss) `scores`."""
+    scores = iter(scores)
+    return [{"image_size": size, "head": list(head), **dict(zip(("held_out_accuracy", "held_out_loss"),
+                                                                 next(scores), strict=True))}
+            for size in sizes for head in heads]
 
 
 def best(tried):

@@ -101,8 +101,8 @@ class Experiment:
             settings = choice.Settings(tuple(sizes or choice.candidate_sizes(name, side)[0]),
                                        tuple(tuple(h) for h in heads or choice.HEADS), passes,
                                        training.learning_rate, training.optimizer, head.batch_size, reason)
-            print(f"\n== choice: {settings.reason}; {len(settings.sizes)} size(s) x {len(settings.heads)} head(s) on "
-                  f"a sample of the training photos, {settings.epochs} passes each")
+            print(f"\n== choice: {settings.reason}; {choice.describe(settings)}, on a sample of the training "
+                  f"photos, {settings.epochs} passes each")
             found = choice.choose(backbone, info, self.size_free, task.train, len(task.classes), feed, settings,
                                   self.inference)
             seed_everything(self.seed, self.config["DETERMINISTIC"])
