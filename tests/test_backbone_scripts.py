@@ -8,9 +8,12 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 from conftest import SHARED, check_the_model_in_use, run_script
+
+from transferlab import choice
 
 SHARED_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.weights.h5")
 SHARED_CATS_DOGS = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
@@ -88,16 +91,16 @@ def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_nex
     first = run_script("mobilenet_transfer.py", *common, "--seed=1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert re.search(r"== choice: photos of 2\d px, below MobileNetV2's native 224: sizes measured; "
-                     r"sizes 96, 160, 224 with head linear, then head 256 at the best", first.stdout)
+                     r"sizes 224, 160, 96 with head linear, then head 256 at the best", first.stdout)
     record, folder = only_record(results, "mobilenet")
     chosen = record["choice"]
     sizes = [t for t in chosen["tried"] if not t["head"]]
-    first_best = max(sizes, key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))["image_size"]
-    assert [(t["image_size"], t["head"]) for t in chosen["tried"]] == [(96, []), (160, []), (224, []),
+    first_best = choice.best(sizes, chosen["sample"]["images"])["image_size"]
+    assert [(t["image_size"], t["head"]) for t in chosen["tried"]] == [(224, []), (160, []), (96, []),
                                                                        (first_best, [256])]
     assert chosen["cached"] is False  # the sample: every training photo of so small a folder
     assert chosen["sample"] == {"images": record["data"]["samples"]["train"], "folds": 3}
-    best = max(chosen["tried"], key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))
+    best = choice.best(chosen["tried"], chosen["sample"]["images"])
     assert (chosen["image_size"], chosen["head"]) == (best["image_size"], best["head"])
     # The constants stay as given (None: measured); the model is the chosen one.
     assert record["config"]["IMAGE_SIZE"] is None and record["config"]["HEAD"] is None
@@ -108,7 +111,8 @@ def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_nex
     steps_per_pass = -(-transfer["train_samples"] // 4)
     assert transfer["passes_per_epoch"] == -(-20 // steps_per_pass)
     assert f"{chosen['image_size']} px, head" in first.stdout and "<- chosen" in first.stdout
-    import keras
+    # Every size went through one LiteRT conversion of the backbone built for any size; the run shared it.
+    assert transfer["litert_conversion"] == "shared"
     model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True)
     assert model.input_shape[1:3] == (chosen["image_size"], chosen["image_size"])
     # Another seed on the same photos: the choice is the cache's, the same; the run trains at that size.

@@ -16,7 +16,9 @@ default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to th
    it did not see: every photo of the sample is scored once (cross-validation: a sample of 600 photos cannot
    tell a point apart when only a third of it scores); then the other heads of HEADS, the same way, at the
    size that scored best;
-4. the candidate with the highest held-out accuracy; the lower held-out loss breaks a tie.
+4. the size whose best head scores highest, a smaller one only when it beats the native size by more than a
+   standard error (leaving the size the weights were trained at takes evidence), and there the best head; among
+   equals the earlier (the linear head before the hidden one).
 
 The choice is a function of the files, the backbone, the candidates and the head's training, not of the run's
 seed, and is kept in the cache (choices/<key>.json): a rerun, another seed or a resumed run on the same photos
@@ -45,7 +47,7 @@ SAMPLE_IMAGES = 600  # training photos the candidates are measured on, shared ev
 FOLDS = 3  # each candidate trains on two thirds of the sample and scores the third it did not see, three times
 PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
 SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
-VERSION = 3  # of the procedure: a cached choice of another version is not reused
+VERSION = 4  # of the procedure: a cached choice of another version is not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,7 @@ def candidate_sizes(name, side):
     if side >= family.native:
         return (family.native,), f"photos of {side} px are at least {name}'s native {family.native}: that size"
     sizes = sorted({family.native, *(max(family.smallest, round(family.native * share / 8) * 8)
-                                     for share in SIZE_SHARES)})
+                                     for share in SIZE_SHARES)}, reverse=True)  # the native size first
     return tuple(sizes), f"photos of {side} px, below {name}'s native {family.native}: sizes measured"
 
 
@@ -182,7 +184,7 @@ def score(features, labels, fold, heads, classes, settings):
     batches = (tf.data.Dataset.from_tensor_slices((tuple(features), (labels,) * len(outputs), outside))
                .shuffle(len(labels), seed=SEED).repeat(settings.epochs).batch(settings.batch_size))
     model.fit(batches, epochs=1, shuffle=False, verbose=0)  # all passes in one: no per-epoch cost
-    predicted = model.predict(tuple(features), batch_size=1024, verbose=0)
+    predicted = [np.asarray(p) for p in model(tuple(features), training=False)]  # eager: no second trace
     scores = []
     for n in range(0, len(outputs), folds):  # a candidate's outputs, one a fold
         probabilities = np.concatenate([predicted[n + k][fold == k] for k in range(folds)])
@@ -195,23 +197,27 @@ def score(features, labels, fold, heads, classes, settings):
 
 
 def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
-    """The tried list and sample counts: every size of `settings` through `extractors(size)` (a features model
-    taking that size), every head of it, on the sample of `train` (images.Files, labels)."""
+    """The tried list and sample counts: every size of `settings` (the preferred first) through
+    `extractors(size)` (a features model taking that size), every head of it, on the sample of `train`
+    (images.Files, labels). With one size, the features of every training photo are computed, through the
+    feature cache, and the sample's rows taken from them: they are the run's own (the same network, photos and
+    key), so the run finds them on disk and the choice extracts nothing it would not."""
     x, y = train
     picked, fold = sample(x.paths, y)
     labels = y[picked]
     features = []
+    whole = len(settings.sizes) == 1
     for size in settings.sizes:
-        images = x[picked].at(size)
-        found, _, _, _ = feature_cache.cached(extractors(size), images, feed(images, labels), feed.preprocessing,
+        images, their = (x.at(size), y) if whole else (x[picked].at(size), labels)
+        found, _, _, _ = feature_cache.cached(extractors(size), images, feed(images, their), feed.preprocessing,
                                               inference)
-        features.append(np.asarray(found))
+        features.append(np.asarray(found[picked] if whole else found))
     # Sizes under the first head (linear: the cheapest), then the other heads at the best size: a hidden layer
     # trained three times at every size cost three times the rest of the choice (docs/design.md).
     first, others = (settings.heads, ()) if len(settings.sizes) == 1 else (settings.heads[:1], settings.heads[1:])
     tried = entries(settings.sizes, first, score(features, labels, fold, first, classes, settings))
     if others:
-        size = best(tried)["image_size"]
+        size = best(tried, len(picked))["image_size"]
         tried += entries([size], others, score([features[settings.sizes.index(size)]], labels, fold, others,
                                                classes, settings))
     return tried, {"images": len(picked), "folds": int(fold.max()) + 1}
@@ -225,9 +231,18 @@ def entries(sizes, heads, scores):
             for size in sizes for head in heads]
 
 
-def best(tried):
-    """The tried entry with the highest held-out accuracy, the lowest loss among equals."""
-    return max(tried, key=lambda t: (round(t["held_out_accuracy"], 6), -t["held_out_loss"]))
+def best(tried, images):
+    """The entry to train, of `tried` in order of preference (the native size first, then smaller; the linear
+    head first): at the size whose best entry scores highest, the best entry; but a size other than the first
+    must beat the first size's best by a standard error of that accuracy over `images` photos (the native size
+    is where the weights were trained: leaving it takes evidence), and among equals the earlier entry wins."""
+    sizes = list(dict.fromkeys(t["image_size"] for t in tried))
+    top = {size: max(t["held_out_accuracy"] for t in tried if t["image_size"] == size) for size in sizes}
+    native = top[sizes[0]]
+    margin = (native * (1 - native) / images) ** 0.5
+    size = max(sizes, key=lambda s: (s == sizes[0] or top[s] > native + margin, top[s], -sizes.index(s)))
+    at = [t for t in tried if t["image_size"] == size]
+    return max(at, key=lambda t: (round(t["held_out_accuracy"], 6), -at.index(t)))
 
 
 def choose(model, info, twin, train, classes, feed, settings, inference=litert.KERAS):
@@ -245,14 +260,16 @@ def choose(model, info, twin, train, classes, feed, settings, inference=litert.K
     start = time.perf_counter()
 
     def extractor(size):
-        if twin is not None:
+        if twin is not None:  # every size through one conversion
             return backbones.feature_extractor(twin, keras.layers.GlobalAveragePooling2D())
+        if size == model.input_shape[1]:  # the backbone as loaded: the run's own frozen pass, its conversion
+            return backbones.feature_extractor(model, keras.layers.GlobalAveragePooling2D())
         fixed, _ = backbones.load(name, size, None)
         fixed.set_weights(model.get_weights())
         return backbones.feature_extractor(fixed, keras.layers.GlobalAveragePooling2D())
 
     tried, counts = measure(extractor, train, classes, feed, settings, inference)
-    chosen = best(tried)
+    chosen = best(tried, counts["images"])
     choice = Choice(chosen["image_size"], chosen["head"], tried, settings.reason, counts, time.perf_counter() - start)
     os.makedirs(folder(), exist_ok=True)
     files.write_json(f"{entry}.json", choice.record())

@@ -86,14 +86,14 @@ class Experiment:
         `task`'s training photos, each candidate head trained as the run's will be (`training`, its
         phases.FitOptions, and `head`, its phases.HeadOptions: as many passes over its features, the same
         learning rate, optimizer and batch size); `sizes` None: those the photos' size calls for, `heads` None:
-        choice.HEADS. A resumed run takes its record's choice. What was tried is
-        printed, and goes into the record ("choice"); the seed is set again after it, so the run goes on as it
-        would from a cached choice."""
+        choice.HEADS. A resumed run takes its record's choice. What was tried is printed, and goes into the record
+        ("choice"); the seed is set again after it, so the run goes on as it would from a cached choice."""
         backbone, info = self.loaded
         name = info["backbone"]
-        self.size_free = backbones.size_free(name, backbone)  # one LiteRT conversion for every size and the run
-        if self.resumed is not None and "choice" in self.resumed:
+        resumed = self.resumed is not None and "choice" in self.resumed
+        if resumed:
             found = choice.Choice.of(self.resumed["choice"])
+            tried_sizes = {t["image_size"] for t in found.tried}
         else:
             side = choice.photo_side(task.train[0].paths)
             reason = f"input size {sizes[0]} given" if sizes else choice.candidate_sizes(name, side)[1]
@@ -101,6 +101,10 @@ class Experiment:
             settings = choice.Settings(tuple(sizes or choice.candidate_sizes(name, side)[0]),
                                        tuple(tuple(h) for h in heads or choice.HEADS), passes,
                                        training.learning_rate, training.optimizer, head.batch_size, reason)
+            tried_sizes = set(settings.sizes)
+        # Several sizes: each, and the run's, through one LiteRT conversion of the backbone built for any size.
+        self.size_free = backbones.size_free(name, backbone) if len(tried_sizes) > 1 else None
+        if not resumed:
             print(f"\n== choice: {settings.reason}; {choice.describe(settings)}, on a sample of the training "
                   f"photos, {settings.epochs} passes each")
             found = choice.choose(backbone, info, self.size_free, task.train, len(task.classes), feed, settings,
@@ -108,7 +112,7 @@ class Experiment:
             seed_everything(self.seed, self.config["DETERMINISTIC"])
         print("\n".join(found.table()))
         print(f"   chosen: {found.image_size} px, head {choice.describe_head(found.head)} "
-              + ("(the record's)" if self.resumed is not None and "choice" in self.resumed else
+              + ("(the record's)" if resumed else
                  "(measured before on these photos: the cache)" if found.cached else
                  f"({found.seconds:.1f} s; {found.sample['images']} photos, each scored once in "
                  f"{found.sample['folds']} folds)"))

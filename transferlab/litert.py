@@ -171,8 +171,12 @@ class Inference:
 
     def share(self, model, twin):
         """Run `model` with the runner of `twin`, the same network built for any input size
-        (backbones.size_free): a run whose input size was measured converts its backbone once."""
-        self.made[model_key(model)] = self.batch_function(twin)
+        (backbones.size_free): a run whose input size was measured converts its backbone once. The record of
+        `model`'s passes says "litert_conversion": "shared"."""
+        run_batch, info = self.batch_function(twin)
+        shared = {"litert_conversion": "shared"} if "litert_conversion" in info else {}  # paid by the twin's pass
+        self.made[model_key(model)] = run_batch, {**{k: v for k, v in info.items() if not k.startswith("litert_")},
+                                                  **shared}
 
 
 KERAS = Inference("keras", "keras", "default")
