@@ -111,7 +111,7 @@ def test_the_scripts_take_any_backbone_and_its_native_size(image_folder, tmp_pat
     assert record["backbone"]["backbone"] == "MobileNetV3Small" and record["config"]["BACKBONE"] == "MobileNetV3Small"
     assert list(record["phases"]) == ["transfer", "fine_tune", "scratch"]
     assert record["phases"]["transfer"]["trainable_params"] == 576 + 1  # a linear head on 576 features, 2 classes
-    # Left to the recipe, the input size is the backbone's native one.
+    # Left to a recipe that does not measure it, the input size is the backbone's native one.
     help_text = run_script("mobilenet_transfer.py", "--help").stdout
     assert "--image_size=None" in help_text and "else the backbone's native size" in help_text
 

@@ -182,6 +182,7 @@ def test_mobilenet_mnist_mode_reports_test_accuracy(mnist_dir, tmp_path):
     (["--dataset=cifar"], "--dataset=cifar: expected one of folder, mnist"),
     (["--weights=missing.h5"], "weights file 'missing.h5' not found"),
     (["--fine_tune_at=block_99"], "has no layer 'block_99'"),
+    (["--head_steps=-5"], "--head_steps must be >= 0, got -5"),
 ])
 def test_mobilenet_bad_input_is_one_line_and_records_nothing(image_folder, tmp_path, args, message):
     results = tmp_path / "results"

@@ -109,3 +109,15 @@ def test_with_fine_tuning_transfer_means_the_final_model_and_both_phases_time(tm
     metrics = compare.run_metrics(record)
     assert metrics["transfer_minus_scratch_points"] == pytest.approx(0.5)
     assert metrics["scratch_over_transfer_seconds"] == pytest.approx(3.0)
+
+
+def test_constants_the_folder_recipe_measured_show_as_the_choice_took_them(tmp_path):
+    for run_id, size, head in (("a", 160, [256]), ("b", 224, [])):
+        path = write_record(tmp_path, run_id, experiment="mobilenet")
+        record = json.loads(path.read_text())
+        record["config"].update(IMAGE_SIZE=None, HEAD=None, HEAD_DROPOUT=0.0)
+        record["choice"] = {"image_size": size, "head": head}
+        path.write_text(json.dumps(record))
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("mobilenet/*/record.json"))]
+    assert [compare.settings(r)["IMAGE_SIZE"] for r in records] == [160, 224]
+    assert compare.differing_constants(records) == ["IMAGE_SIZE", "HEAD"]

@@ -66,7 +66,13 @@ def load_record(path):
 
 
 def settings(record):
-    return {k: v for k, v in record["config"].items() if k not in NOT_SETTINGS}
+    """The run's constants; those the folder recipe measured (None in the config) as the run's choice took them."""
+    found = {k: v for k, v in record["config"].items() if k not in NOT_SETTINGS}
+    chosen = record.get("choice") or {}
+    for name, key in (("IMAGE_SIZE", "image_size"), ("HEAD", "head")):
+        if found.get(name) is None and key in chosen:
+            found[name] = chosen[key]
+    return found
 
 
 def group_key(record):

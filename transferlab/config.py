@@ -113,6 +113,7 @@ RANGES = (
     ("*_MOMENTUM", check_fraction),
     ("*DROPOUT", check_dropout),
     ("*_ACCURACY", check_threshold),
+    ("*_STEPS", check_non_negative),  # at least this many steps: 0 asks for none
 )
 
 
