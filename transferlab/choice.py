@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from transferlab import backbones, feature_cache, files, litert, models
+from transferlab import backbones, feature_cache, files, folders, litert, models
 
 SIZE_SHARES = (3 / 7, 5 / 7)  # smaller input sizes tried beside the native one (224: 96 and 160), in 8-px steps
 HEADS = ([], [256])  # linear, and one hidden layer
@@ -127,8 +127,7 @@ def candidate_sizes(name, side):
 
 def hash_share(path, salt):
     """Where a file falls in [0, 1) for `salt`: a function of its path's last two parts (class folder and name)."""
-    tail = "/".join(os.path.normpath(path).split(os.sep)[-2:])
-    return int.from_bytes(hashlib.sha1(f"{salt}:{tail}".encode()).digest()[:4], "big") / 2**32
+    return folders.hash_share(f"{salt}:" + "/".join(os.path.normpath(path).split(os.sep)[-2:]))
 
 
 def sample(paths, labels, images=SAMPLE_IMAGES, folds=FOLDS):

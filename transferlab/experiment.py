@@ -96,9 +96,11 @@ class Experiment:
             tried_sizes = {t["image_size"] for t in found.tried}
         else:
             side = choice.photo_side(task.train[0].paths)
-            reason = f"input size {sizes[0]} given" if sizes else choice.candidate_sizes(name, side)[1]
+            measured, reason = choice.candidate_sizes(name, side)
+            if sizes:
+                measured, reason = tuple(sizes), f"input size {sizes[0]} given"
             passes = training.epochs * phases.head_passes(training.epochs, head.steps, task.samples, head.batch_size)
-            settings = choice.Settings(tuple(sizes or choice.candidate_sizes(name, side)[0]),
+            settings = choice.Settings(measured,
                                        tuple(tuple(h) for h in heads or choice.HEADS), passes,
                                        training.learning_rate, training.optimizer, head.batch_size, reason)
             tried_sizes = set(settings.sizes)
