@@ -30,8 +30,8 @@ def test_the_model_loads_in_a_process_that_cannot_import_transferlab(trained_run
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "(None, 32, 32, 3) uint8 (None, 2)"
     assert open(os.path.join(folder, "labels.txt")).read() == "class_a\nclass_b\n"
-    assert record["model"]["phase"] == "transfer" and record["model"]["input"] == {"shape": [32, 32, 3],
-                                                                                     "dtype": "uint8"}
+    assert record["model"]["phase"] == "transfer" and record["model"]["input"] == {
+        "shape": [32, 32, 3], "dtype": "uint8", "pixels": "pixels-2: jpeg islow, bilinear stretch on pixel centres"}
 
 
 def test_predict_reproduces_the_runs_validation_accuracy_and_the_models_probabilities(trained_run):

@@ -14,7 +14,7 @@ import os
 
 import keras
 
-from transferlab import backbones, files, models
+from transferlab import backbones, files, images, models
 
 
 class Classifier:
@@ -76,4 +76,4 @@ class Classifier:
             saved.save(tmp)
         files.write_text(os.path.join(folder, files.LABELS), "".join(f"{label}\n" for label in labels))
         return {"file": files.MODEL, "labels": files.LABELS,
-                "input": {"shape": list(self.image_shape), "dtype": "uint8"}}
+                "input": {"shape": list(self.image_shape), "dtype": "uint8", "pixels": images.CONTRACT}}

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import files, folders, images, litert, pipelines, predict, process
+from transferlab import files, folders, images, litert, model_card, pipelines, predict, process, tflite_metadata
 from transferlab.errors import UserError, check
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -82,7 +82,27 @@ def export_saved_model(model, path):
     return lambda x: np.asarray(loaded.serve(tf.constant(x)), dtype=np.float32)
 
 
-def export_tflite(model, path, calibration, quantize):
+def describe(record, labels, model):
+    """The tflite_metadata.Description of a run's model: its classes, what it takes, where it comes from."""
+    data, final = record.get("data", {}), record.get("final", {})
+    source = os.path.basename(os.path.normpath(data.get("source") or record["experiment"]))
+    backbone = record.get("backbone", {}).get("backbone") or record["experiment"]
+    score = (f"; {final['accuracy']:.2%} on {final['images']} {final['split']} images" if "accuracy" in final else "")
+    height, width, channels = model.input_shape[1:]
+    colour = "RGB" if channels == 3 else "grayscale"
+    return tflite_metadata.Description(
+        name=f"{source} classifier ({backbone})",
+        description=f"{backbone} transferred to {len(labels)} classes of {source}{score}. Made by transferlab, "
+                    f"{record['experiment']} run {record['run_id']}, commit {record['environment'].get('git_commit')}.",
+        version=record["run_id"], author="transferlab", license=None, labels=labels, size=(height, width),
+        channels=channels,
+        input_description=f"{colour} image, {height}x{width}, uint8 0-255: the whole photo stretched to that size "
+                          f"(never cropped), bilinear on pixel centres, no antialiasing; JPEGs decoded with the "
+                          f"accurate integer IDCT (pixel contract {images.CONTRACT!r}; see the model card)",
+        output_description=f"one probability per class, in the order of {tflite_metadata.LABELS}")
+
+
+def export_tflite(model, path, calibration, quantize, info):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -98,8 +118,27 @@ def export_tflite(model, path, calibration, quantize):
     with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
         flatbuffer = converter.convert()
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(flatbuffer)
+        f.write(tflite_metadata.attach(flatbuffer, info))  # the class names inside, where MediaPipe reads them
     return litert.Runner(path)
+
+
+def check_metadata(path, info):
+    """What the written .tflite says of itself, read back: (summary for export.json, problems)."""
+    with open(path, "rb") as f:
+        found = tflite_metadata.read(f.read())
+    if found is None:
+        return {"present": False}, ["no metadata in the file"]
+    labels = found["files"].get(tflite_metadata.LABELS, b"").decode("utf-8").splitlines()
+    image = found["input"][0] if found["input"] else {}
+    problems = [f"{what} reads back as {got!r}, not {wanted!r}" for what, got, wanted in (
+        ("labels", labels, list(info.labels)), ("input size", image.get("default_size"), list(info.size)),
+        ("name", found["name"], info.name), ("version", found["version"], info.version))
+        if got != wanted]
+    attached = [f["name"] for t in found["output"] for f in t["associated_files"]]
+    if tflite_metadata.LABELS not in attached:
+        problems.append(f"the output names no {tflite_metadata.LABELS}")
+    return {"present": True, "name": found["name"], "version": found["version"], "labels": len(labels),
+            "input": image.get("color_space"), "input_size": image.get("default_size")}, problems
 
 
 def export_onnx(model, path):
@@ -189,6 +228,10 @@ def main(argv=None):
     if args.quantize == "int8":
         calibration = sample(*run_images(folder, record, args.images, split="train"), CALIBRATION_IMAGES)[0]
     model = keras.saving.load_model(os.path.join(folder, files.MODEL), compile=False, safe_mode=True)
+    pixels = record.get("model", {}).get("input", {}).get("pixels")
+    if pixels != images.CONTRACT:
+        print(f"warning: this run decoded its images before the pixel contract {images.CONTRACT!r} (its record: "
+              f"{pixels!r}); clients that follow the contract may lose accuracy: train it again to fix that")
     out = os.path.join(folder, "export")
     os.makedirs(out, exist_ok=True)
     name = {"saved_model": "saved_model", "onnx": "model.onnx",
@@ -197,7 +240,9 @@ def main(argv=None):
     print(f"exporting {folder} as {args.format}" + (f" ({args.quantize})" if args.quantize != "none" else "")
           + f", then checking it on {len(paths)} images ...", flush=True)
     if args.format == "tflite":
-        exported = export_tflite(model, path, calibration, args.quantize)
+        with open(os.path.join(folder, files.LABELS), encoding="utf-8") as f:
+            info = describe(record, f.read().splitlines(), model)
+        exported = export_tflite(model, path, calibration, args.quantize, info)
         shutil.copyfile(os.path.join(folder, files.LABELS), os.path.join(out, files.LABELS))
     elif args.format == "saved_model":
         shutil.rmtree(path, ignore_errors=True)
@@ -209,6 +254,10 @@ def main(argv=None):
     entry = {"file": name, "format": args.format, "quantization": args.quantize, "bytes": size,
              "sha256": None if os.path.isdir(path) else files.sha256(path), **compare(model, exported, paths, labels)}
     ok, why = passed(entry, args.allow_accuracy_drop)
+    if args.format == "tflite":
+        entry["metadata"], problems = check_metadata(path, info)
+        if problems:
+            ok, why = False, "its metadata: " + "; ".join(problems)
     entry["passed"] = ok
     if not ok:
         stem, ext = os.path.splitext(name)
@@ -223,12 +272,14 @@ def main(argv=None):
             entries = json.load(f)
     entries[name] = entry
     files.write_json(index, entries)
+    with open(os.path.join(folder, files.LABELS), encoding="utf-8") as f:
+        card = model_card.write(folder, record, f.read().splitlines(), entries)
     shown = {k: v for k, v in entry.items() if k not in ("sha256",)}
     print("\n".join(f"   {k}: {v}" for k, v in shown.items()))
     if not ok:
         print(f"error: the export failed its check ({why}); kept as {os.path.join(out, entry['file'])}")
         process.exit_now(1)
-    print(f"export: {path} (checked; export.json beside it)")
+    print(f"export: {path} (checked; export.json and the model card {os.path.basename(card)} beside it)")
 
 
 if __name__ == "__main__":

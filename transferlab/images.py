@@ -1,9 +1,13 @@
 """Image files: the one list of suffixes every loader reads, what is not a photo, and how one file is decoded.
 
-The decoder has one rule for a file it cannot read (a truncated download, a text file named .jpg): skip it
-and report it, never stop the run. `Files` stands in for the array of a folder's pixels: the pipelines
-(pipelines.py) decode it batch by batch, so memory does not grow with the folder; `pipelines.scan` finds the
-files that cannot be decoded beforehand.
+The pixel contract (docs/deploy.md), the same for training, validation, predict and the export checks, and
+written down in each export's model card for its clients: JPEGs decoded with libjpeg's accurate integer IDCT
+(what Pillow, OpenCV, Android and iOS decoders give; TensorFlow's default fast IDCT differs by up to 4 levels),
+then the whole image stretched, never cropped, to the model's size with bilinear interpolation on pixel
+centres (output pixel i reads input coordinate (i + 0.5) * in / out - 0.5, edges repeated, no antialiasing:
+tf.image.resize's and OpenCV's INTER_LINEAR), rounded to uint8. MediaPipe's ImageClassifier samples at
+i * in / out instead, a shift of up to half an input pixel: trained on that, the small-photo folders lost 1.4
+to 3.6 points (docs/deploy.md), so its clients are given these pixels rather than the other way round.
 """
 
 import hashlib
@@ -12,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+CONTRACT = "pixels-2: jpeg islow, bilinear stretch on pixel centres"  # in every cache key of decoded pixels
 SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")  # what tf.io.decode_image reads; any case
 
 
@@ -38,11 +43,24 @@ def files_under(folder):
     return images, others
 
 
+def decode(raw, channels):
+    """An encoded image's pixels at its own size (uint8, `channels`): JPEGs with the accurate IDCT."""
+    return tf.cond(tf.io.is_jpeg(raw),
+                   lambda: tf.io.decode_jpeg(raw, channels=channels, dct_method="INTEGER_ACCURATE"),
+                   lambda: tf.io.decode_image(raw, channels=channels, expand_animations=False))
+
+
+def resize(image, size):
+    """uint8 image(s), (h, w, c) or (n, h, w, c), stretched to `size` as the contract says (see above)."""
+    batch = image if image.shape.rank == 4 else image[None]
+    resized = tf.image.resize(batch, size, method="bilinear", antialias=False)
+    resized = tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+    return resized if image.shape.rank == 4 else resized[0]
+
+
 def decode_file(path, size, channels):
     """One file's pixels, uint8 at `size` with `channels`, inside a tf.data pipeline."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-    image = tf.image.resize(image, size)  # bilinear, as keras.utils.image_dataset_from_directory
-    return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+    return resize(decode(tf.io.read_file(path), channels), size)
 
 
 def check_file(path):
@@ -93,7 +111,7 @@ class Files:
     def digest(self):
         """A sha256 of what the pixels depend on: each file's path, size and modification time, the size and
         channels decoded to. A file rewritten in place changes it."""
-        digest = hashlib.sha256(f"{self.size}\t{self.channels}\n".encode())
+        digest = hashlib.sha256(f"{CONTRACT}\t{self.size}\t{self.channels}\n".encode())
         for path in self.paths:
             stat = os.stat(path)
             digest.update(f"{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())

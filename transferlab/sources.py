@@ -116,8 +116,9 @@ def list_image_tree(root, class_names):
 
 
 def tree_key(root, listing):
-    """A hash of every file's path (relative to the tree), size and label: it changes when the tree does."""
-    digest = hashlib.sha256()
+    """A hash of every file's path (relative to the tree), size and label, and of the pixel contract they are
+    decoded by: it changes when the tree or the decoding does."""
+    digest = hashlib.sha256(f"{images.CONTRACT}\n".encode())
     for split, entries in listing.items():
         for path, size, label in entries:
             digest.update(f"{split}\t{os.path.relpath(path, root)}\t{size}\t{label}\n".encode())
@@ -209,8 +210,7 @@ def mnist_as_rgb(directory, image_size, validation_split, seed):
                                              class_names=names)
 
     def as_rgb(x):  # 28x28 grey digits -> image_size x image_size RGB
-        resized = tf.image.resize(x[..., None].astype(np.float32), (image_size, image_size))
-        return np.repeat(np.round(resized.numpy()).clip(0, 255).astype(np.uint8), 3, axis=-1)
+        return np.repeat(images.resize(tf.constant(x[..., None]), (image_size, image_size)).numpy(), 3, axis=-1)
 
     train, validation = tasks.train_validation_split(as_rgb(train[0]), train[1], validation_split, seed)
     samples = {"train": len(train[0]), "validation": len(validation[0]), "test": len(test[1])}
