@@ -21,6 +21,7 @@ from PIL import Image
 from transferlab import images, model_card, tflite_metadata
 
 HAVE_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
+HAVE_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "tf2onnx"))
 
 
 def jpeg(path, size=(37, 53), seed=0):
@@ -153,11 +154,12 @@ def export(*args):
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
-    """A copy of the tiny run, exported as float and int8 .tflite files."""
+    """A copy of the tiny run, exported as float and int8 .tflite files (and ONNX, when its packages are here)."""
     folder = tmp_path_factory.mktemp("deploy") / "run"
     shutil.copytree(trained_run[0], folder, ignore=shutil.ignore_patterns("export"))
-    for quantize in ("none", "int8"):
-        result = export(folder, "--format=tflite", f"--quantize={quantize}")
+    onnx = [["--format=onnx"]] if HAVE_ONNX else []
+    for args in (["--format=tflite"], ["--format=tflite", "--quantize=int8"], *onnx):
+        result = export(folder, *args)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return str(folder), trained_run[1], trained_run[2]
 
@@ -186,7 +188,8 @@ def test_the_model_card_says_what_the_model_is_how_well_it_does_and_how_to_run_e
         assert re.search(rf"\| \d \| {label} \| \d+ \| {scores['precision']:.3f} \| {scores['recall']:.3f} \| "
                          rf"{scores['f1']:.3f} \| {scores['support']} \|", card), label
     assert "| `model.tflite` | tflite |" in card and "| `model-int8.tflite` | tflite, int8 |" in card
-    assert "### LiteRT" in card and "### MediaPipe" in card and "### Keras" in card and "### ONNX" not in card
+    assert "### LiteRT" in card and "### MediaPipe" in card and "### Keras" in card
+    assert ("### ONNX Runtime" in card) == HAVE_ONNX == ("| `model.onnx` | onnx |" in card)
     assert "## What it is not for" in card and "**Warning**" not in card
     assert record["data"]["sha256"] in card and record["environment"]["command"] in card
 
@@ -219,3 +222,32 @@ def test_mediapipe_and_the_cards_pillow_client_give_predicts_answers_with_the_cl
     # Given the contract's pixels, MediaPipe's float file answers as predict does on every photo.
     exact = clients["MediaPipe, the card's pixels, model.tflite"]
     assert exact["agreement_with_predict"] == 1.0 and exact["max_probability_difference"] < 1e-5
+
+
+def test_every_usage_block_of_the_model_card_runs_as_written_and_answers_as_predict(exported_run):
+    folder, _, photos = exported_run
+    out = os.path.join(folder, "export")
+    photo = sorted((photos / "validation" / "class_b").glob("*.jpg"))[0]
+    shutil.copyfile(photo, os.path.join(out, "photo.jpg"))
+    result = subprocess.run([sys.executable, "-m", "transferlab.predict", folder, str(photo), "--format=json"],
+                            capture_output=True, text=True, timeout=300)
+    expected = {t["label"]: t["probability"] for t in json.loads(result.stdout)[0]["top"]}
+    card = open(os.path.join(out, "README.md")).read()
+    pixels = next(code for code in re.findall(r"```python\n(.*?)```", card, re.S) if "def pixels(" in code)
+    usages = dict(re.findall(r"### (.+?)\n\n```python\n(.*?)```", card, re.S))
+    assert {"Keras", "LiteRT", "MediaPipe"} <= set(usages)
+    for title, code in usages.items():
+        if title == "MediaPipe" and not HAVE_MEDIAPIPE:
+            continue
+        report = ("" if title == "MediaPipe" else
+                  "\nimport json\nlabels = open('labels.txt').read().splitlines()\n"
+                  "print(json.dumps(dict(zip(labels, map(float, probabilities)))))")
+        result = subprocess.run([sys.executable, "-c", pixels + code + report], cwd=out, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, (title, result.stderr[-2000:])
+        last = result.stdout.strip().splitlines()[-1]
+        if title == "MediaPipe":  # [(name, score), ...], best first, with the class names from the file
+            assert last.startswith(f"[('{max(expected, key=expected.get)}', ") and "class_a" in last, last
+        else:
+            got = json.loads(last)
+            assert max(abs(got[label] - expected[label]) for label in expected) < 1e-4, (title, got, expected)
