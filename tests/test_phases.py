@@ -133,7 +133,7 @@ def test_fine_tuning_on_cached_activations_trains_what_the_whole_model_does(tmp_
         task = tasks.Task([0, 1, 2], (x[:18], y[:18]), validation=(x[18:], y[18:]), test=(x[12:], y[12:]))
         options = FitOptions(epochs=2, batch_size=8, learning_rate=1e-3, initial_epoch=1, feed=feed)
         fitted = phases.fine_tune(StandInRun(tmp_path / name), "fine_tune", classifier, task, options, cache)
-        info, predicted, test = fitted.info, fitted.validation_classes, fitted.test
+        info, predicted, test = fitted.info, models.classes_of(fitted.validation_probabilities), fitted.test
         runs[name] = model.get_weights(), fitted.history, info, fitted.extra_seconds
         # the validation predictions it returns (for the plots) are the trained whole model's; so are the test
         # scores it gives from the cached bottom (none without the cache: the caller's pass scores them)

@@ -28,12 +28,14 @@ from transferlab import (
     config,
     distribute,
     files,
+    images,
     litert,
     metrics,
     models,
     phases,
     plots,
     records,
+    report,
     run_constants,
 )
 
@@ -136,6 +138,7 @@ class Experiment:
             yield run
             plots.learning_curves(run.histories(), run.file("learning_curves.png"), title=f"{title}, run {run.run_id}")
         records.print_summary(run.record, run.path)
+        print(f"report: {report.write(run.dir)}")
 
 
 class Run(records.RunRecord):
@@ -146,8 +149,8 @@ class Run(records.RunRecord):
         self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
         self.inference = experiment.inference  # litert.Inference: the runtime of the frozen passes, and why
         self.size_free = experiment.size_free  # the backbone built for any size, when the choice measured sizes
-        self.test_classes = {}  # {phase: its model's classes of the test images}, for a phase trained in this run
-        self.validation_classes = {}  # {phase: ... of the validation images}, when the phase computed them
+        self.test_probabilities = {}  # {phase: its model's probabilities of the test images}, trained in this run
+        self.validation_probabilities = {}  # {phase: ... of the validation images}, when the phase computed them
         super().__init__(experiment.results_dir, experiment.name, experiment.config, environment(), data,
                          resumed=experiment.resumed, sections=sections)
 
@@ -182,8 +185,8 @@ class Run(records.RunRecord):
           (records.RunRecord.reuse);
         - else trained: `train()` returns the phase's phases.PhaseResult. Test scores are the result's when the
           phase computed them (from its cached features), else from `model` over `task.test` (`task` a
-          tasks.Task), once, through `options.feed` when given; their classes are kept for evaluate_final, and so
-          are the validation images' when the phase gave them. The record gets phases.summary, and `record`'s
+          tasks.Task), once, through `options.feed` when given; their probabilities are kept for evaluate_final,
+          and so are the validation images' when the phase gave them. The record gets phases.summary, and `record`'s
           fields; the weights are saved.
         Returns the PhaseResult, or None when the phase was restored or reused."""
         names = f"[{', '.join(map(str, task.classes))}]" if len(task.classes) <= 12 else f"{len(task.classes)} classes"
@@ -194,29 +197,34 @@ class Run(records.RunRecord):
             return None
         result = train()
         test = result.test
-        if task.test is not None:  # one pass at most, its classes kept for evaluate_final's plots
+        if task.test is not None:  # one pass at most, its probabilities kept for evaluate_final's plots
             if test is None:
                 inputs = task.test[0] if options.feed is None else options.feed(*task.test)
                 test = models.predict_scores(model, inputs, task.test[1], batch_size=1024)
-            self.test_classes[name] = test.classes
-        if result.validation_classes is not None:
-            self.validation_classes[name] = result.validation_classes
+            self.test_probabilities[name] = test.probabilities
+        if result.validation_probabilities is not None:
+            self.validation_probabilities[name] = result.validation_probabilities
         self.add_phase(name, {**phases.summary(result, task.classes, task.samples, model, test), **(record or {})},
                        model=model)
         return result
 
     def evaluate_final(self, model, task, feed, title):
         """The final model (the last phase's) on held-out images: the task's test images when it has them, else
-        its validation images; their classes as the phase left them when it trained here, else from a pass
+        its validation images; their probabilities as the phase left them when it trained here, else from a pass
         over the images (through `feed` when given).
         Writes confusion_matrix.png and sample_predictions.png, prints per-class precision, recall and F1, and
         records them as the record's "final" section, with the split they come from."""
         split = "test" if task.test is not None else "validation"
         x, y = getattr(task, split)
         last = list(self.record["phases"])[-1]
-        predicted = (self.test_classes if split == "test" else self.validation_classes).get(last)
-        if predicted is None:
-            predicted = models.predict_classes(model, x if feed is None else feed(x, y))
+        probabilities = (self.test_probabilities if split == "test" else self.validation_probabilities).get(last)
+        if probabilities is None:
+            probabilities = models.predict_probabilities(model, x if feed is None else feed(x, y))
+        predicted = models.classes_of(probabilities)
+        paths = x.paths.tolist() if isinstance(x, images.Files) else None
+        report.write_predictions(self.dir, probabilities, y, task.classes, paths)  # the report's mistakes
+        if paths is None:
+            report.write_mistake_pixels(self.dir, x, probabilities, y)
         plots.predictions(self.dir, x, y, predicted, task.classes, f"{title}, {split}, run {self.run_id}",
                           seed=self.seed)
         per_class = metrics.per_class(y, predicted, task.classes)

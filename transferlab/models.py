@@ -97,21 +97,37 @@ def compile_classifier(model, learning_rate, steps_per_execution=1, optimizer="a
     return model
 
 
+def class_probabilities(outputs):
+    """One probability per class from a classifier's outputs: a one-unit sigmoid's P(class 1) becomes
+    [P(class 0), P(class 1)]."""
+    outputs = np.asarray(outputs, np.float32)
+    return np.concatenate([1 - outputs, outputs], axis=1) if outputs.shape[-1] == 1 else outputs
+
+
+def predict_probabilities(model, inputs, batch_size=None):
+    """class_probabilities of a classifier on `inputs`."""
+    return class_probabilities(model.predict(inputs, batch_size=batch_size, verbose=0))
+
+
+def classes_of(probabilities):
+    """Predicted class indices: the arg max (for a one-unit sigmoid, P(class 1) > 0.5)."""
+    return np.asarray(probabilities).argmax(axis=-1).astype(np.int64)
+
+
 def predict_classes(model, inputs, batch_size=None):
     """Predicted class indices: the softmax's arg max, or sigmoid > 0.5 for a one-unit output."""
-    probabilities = model.predict(inputs, batch_size=batch_size, verbose=0)
-    if probabilities.shape[-1] == 1:
-        return (probabilities[:, 0] > 0.5).astype(np.int64)
-    return probabilities.argmax(axis=-1)
+    return classes_of(predict_probabilities(model, inputs, batch_size))
 
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """A classifier's scores on labelled images: mean loss, accuracy, and its class for each image."""
+    """A classifier's scores on labelled images: mean loss, accuracy, its class for each image and its
+    probabilities (class_probabilities)."""
 
     loss: float
     accuracy: float
     classes: np.ndarray
+    probabilities: np.ndarray
 
 
 def predict_scores(model, inputs, y, batch_size=None):
@@ -126,7 +142,8 @@ def predict_scores(model, inputs, y, batch_size=None):
     else:
         losses = keras.losses.sparse_categorical_crossentropy(y, probabilities)
         classes = probabilities.argmax(axis=-1)
-    return Scores(float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes)
+    return Scores(float(np.mean(keras.ops.convert_to_numpy(losses))), float(np.mean(classes == y)), classes,
+                  class_probabilities(probabilities))
 
 
 def fingerprint(model, digest):

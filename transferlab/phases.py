@@ -100,7 +100,8 @@ class PhaseResult:
     fit_seconds: float
     info: dict = dataclasses.field(default_factory=dict)  # feature_cache, batch_size, ... for the record
     extra_seconds: float = 0.0  # training work done outside `fit` (the frozen pass), added to train_seconds
-    validation_classes: np.ndarray | None = None  # the trained model's classes of the validation images
+    # The trained model's probabilities of the validation images (models.class_probabilities), when computed here
+    validation_probabilities: np.ndarray | None = None
     test: models.Scores | None = None  # on the test images, when the phase scored them from cached features
     stopped_early: bool | None = None  # did stop_at_val_accuracy end it? (None: no threshold)
 
@@ -186,7 +187,7 @@ def fit_head(run, phase, features, head, task, options, head_options):
     Images go into the model as they are, or through `options.feed` (a backbone's pipelines).
 
     Returns the PhaseResult; its info says feature_cache ("hit", "miss", "memory" or "off"), batch_size and
-    feature_extraction_seconds; with a cache, validation_classes (from the validation images' cached features)
+    feature_extraction_seconds; with a cache, validation_probabilities (from the validation images' cached features)
     and test (the trained head's Scores on the test images' features, cached like the rest, through the run's
     inference runtime); without one, neither: the caller's pass over the whole model scores them.
     """
@@ -242,7 +243,7 @@ def fit_head(run, phase, features, head, task, options, head_options):
     if task.test is not None:
         result.test = models.predict_scores(head, extract(*task.test)[0], task.test[1], batch_size=1024)
     if validation is not None:
-        result.validation_classes = models.predict_classes(head, validation[0])
+        result.validation_probabilities = models.predict_probabilities(head, validation[0])
     return result
 
 
@@ -256,7 +257,7 @@ def fine_tune(run, phase, classifier, task, options, cache):
     extraction.ACTIVATION_CACHE_BYTES, the whole model trains as published.
 
     Returns the PhaseResult: info as fit_head's, saying feature_cache ("memory" or "off") and where the cut
-    is; validation_classes, the trained model's (from their activations when cached: no second pass of the
+    is; validation_probabilities, the trained model's (from their activations when cached: no second pass of the
     backbone for the plots); test, when cached and the test images' activations fit under the cap too, the
     trained model's Scores on them, their frozen bottom through the run's inference runtime (else None: the
     caller scores them).
@@ -273,7 +274,7 @@ def fine_tune(run, phase, classifier, task, options, cache):
     if bottom is None:
         result = fit(run, phase, model, task.train, options, validation)
         result.info = {"feature_cache": "off", "batch_size": options.batch_size}
-        result.validation_classes = models.predict_classes(model, feed(*validation))
+        result.validation_probabilities = models.predict_probabilities(model, feed(*validation))
         return result
     print(f"   the frozen layers up to {bottom.layers[-1].name} run once; the rest trains on their activations")
     inputs = keras.Input(top.input_shape[1:])
@@ -292,7 +293,7 @@ def fine_tune(run, phase, classifier, task, options, cache):
     if task.test is not None and size + len(task.test[0]) * per_image <= extraction.ACTIVATION_CACHE_BYTES:
         a_test, _ = extraction.extract_features(bottom, feed(*task.test), run_batch=run_batch)
         result.test = models.predict_scores(rest, a_test, task.test[1], batch_size=options.batch_size)
-    result.validation_classes = models.predict_classes(rest, a_val)
+    result.validation_probabilities = models.predict_probabilities(rest, a_val)
     return result
 
 
