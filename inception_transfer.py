@@ -24,6 +24,7 @@ from transferlab.classifier import Classifier
 # Every experiment also has SEED, DETERMINISTIC, DISTRIBUTE, MIXED_PRECISION, RESULTS_DIR, RESUME, ... (--help).
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders; None: $TRANSFER_DATA_DIR, else cats vs dogs' download
 VALIDATION_SPLIT = 0.2  # share of each class that validates (by file hash) when there is no validation/ folder
+DROP_DUPLICATES = False  # True: photos also in training (same bytes or same picture) leave validation and test
 BACKBONE = "InceptionV3"  # as published; any network of backbones.BACKBONES (then CUT_LAYER, FINE_TUNE_AT its own)
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE = 150  # input pixels per side, as published
@@ -62,7 +63,7 @@ root = folders.find(sources.data_dir(DATA_DIR))  # a mistyped folder is said bef
 backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data: the folder's images (<class>/, or train/ and optional validation/, test/), decoded a batch at a time.
-*splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT)
+*splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT, DROP_DUPLICATES)
 task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 

@@ -33,6 +33,7 @@ BACKBONE = "MobileNetV2"  # a network of backbones.BACKBONES: its preprocessing 
 RECIPE: str | None = None  # None: the dataset's own (folder, mnist); "tutorial": the TensorFlow tutorial's, on a folder
 DATA_DIR: str | None = None  # <class>/ or train/<class>/ folders, or one holding mnist.npz; None: $TRANSFER_DATA_DIR
 VALIDATION_SPLIT: float | None = None  # share of the training images that validates when there is no validation/
+DROP_DUPLICATES = False  # True: photos also in training (same bytes or same picture) leave validation and test
 WEIGHTS: str | None = "imagenet"  # "imagenet" (Keras's download), a weights file, or None (random init)
 IMAGE_SIZE: int | None = None  # pixels a side; None: measured on your photos (folder), else the backbone's native size
 HEAD: list | None = None  # hidden Dense(relu) widths on the pooled features; []: linear; None: measured (folder)
@@ -109,7 +110,7 @@ size = IMAGE_SIZE or backbones.family(BACKBONE).native
 backbone, backbone_info = exp.backbone(BACKBONE, size, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data, uint8 RGB at the input size: a folder's files, decoded a batch at a time, or MNIST's digits in memory.
-*splits, source = (folders.read_folder(root, size, VALIDATION_SPLIT) if DATASET == "folder" else
+*splits, source = (folders.read_folder(root, size, VALIDATION_SPLIT, DROP_DUPLICATES) if DATASET == "folder" else
                    sources.mnist_as_rgb(sources.data_dir(DATA_DIR), size, VALIDATION_SPLIT, exp.seed))
 task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 

@@ -37,6 +37,7 @@ def test_a_run_leaves_its_predictions_and_a_self_contained_report(trained_run):
                                                       re.findall(r"src='([^']*)'", page))
     assert f"<b>{record['final']['accuracy']:.2%}</b> on 10 validation images" in page
     assert record["environment"]["command"] in page and "<code>IMAGE_SIZE=32</code>" in page
+    assert "<h2>Duplicates across splits</h2>\n<p class=ok>None: no photo is in two splits" in page
 
 
 def fake_mistakes(folder):

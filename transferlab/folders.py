@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from transferlab import errors, images, pipelines, sources
+from transferlab import duplicates, errors, images, pipelines, sources
 from transferlab.errors import UserError, check
 
 TUTORIAL_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -156,13 +156,14 @@ def listing(found, validation_split):
     return splits, [(p, "not an image file") for p in not_images]
 
 
-def read_folder(directory, image_size, validation_split):
+def read_folder(directory, image_size, validation_split, drop_duplicates=False):
     """((x_train, y_train), (x_val, y_val), test, info) from an image folder in either layout (see above); test
     is (x_test, y_test) when there is a test/ folder, else None. Each x is an images.Files of the readable files
     (uint8 RGB at image_size x image_size when a pipeline decodes them), so memory does not grow with the
     folder: one pass (`pipelines.scan`) finds the files that cannot be decoded, and they are skipped. info goes
     into the record: where the data came from, its layout, a hash of the files used, class names, counts,
-    skipped files."""
+    skipped files, and the duplicates across splits (duplicates.find; with `drop_duplicates`, their copies in
+    validation and test are left out)."""
     found = layout(directory)
     if not found.validation:
         check(0 < validation_split < 1, f"--validation_split={validation_split}: must be in (0, 1) when "
@@ -177,18 +178,29 @@ def read_folder(directory, image_size, validation_split):
         kept = [i for i in range(len(paths)) if i not in failed]
         files[split] = [(paths[i], os.path.getsize(paths[i]), labels[i]) for i in kept]
         modes += [sources.image_mode(p) for p, _, _ in files[split]]
-        y = np.array([labels[i] for i in kept], dtype=np.int64)
+        splits[split] = ([paths[i] for i in kept], [labels[i] for i in kept])
+    found_duplicates = duplicates.find({split: paths for split, (paths, _) in splits.items()})
+    dropped = set(found_duplicates["later_copies"]) if drop_duplicates else set()
+    for split, (paths, labels) in splits.items():
+        if split != "train" and dropped:
+            keep = [i for i, path in enumerate(paths) if path not in dropped]
+            paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+            files[split] = [(path, os.path.getsize(path), label) for path, label in zip(paths, labels, strict=True)]
+        y = np.array(labels, dtype=np.int64)
         folder = {"train": found.train, "validation": found.validation or found.train, "test": found.test}[split]
         for label, name in enumerate(found.classes):
             check(np.any(y == label), f"{os.path.join(folder, name)} holds no readable images"
                   + (" for validation" if split == "validation" and not found.validation else ""))
-        arrays[split] = (images.Files([paths[i] for i in kept], (image_size, image_size)), y)
+        arrays[split] = (images.Files(paths, (image_size, image_size)), y)
     seconds = time.perf_counter() - start
     converted = sources.report_conversions(modes, "RGB", directory)
     if skipped:
         shown = ", ".join(f"{os.path.relpath(p, directory)} ({why})" for p, why in skipped[:10])
         more = f" and {len(skipped) - 10} more (all in the record)" if len(skipped) > 10 else ""
         print(f"warning: skipped {len(skipped)} files: {shown}{more}")
+    warning = duplicates.describe(found_duplicates, directory)
+    if warning:
+        print(warning + (f"; dropped {len(dropped)} from validation and test" if dropped else ""))
     held_from = "train/" if found.kind == "split folders" else "each class"
     validation = (f"{os.path.basename(found.validation)}/ folder" if found.validation
                   else f"{validation_split:g} of {held_from}, by file hash")
@@ -203,5 +215,9 @@ def read_folder(directory, image_size, validation_split):
         "skipped_files": [{"path": os.path.relpath(p, directory), "reason": why} for p, why in skipped],
         "converted_images": converted,  # {colour mode: count} of images converted to RGB
         "scan_seconds": round(seconds, 3),
+        "duplicates": {**{k: v for k, v in found_duplicates.items() if k not in ("pairs", "later_copies")},
+                       "pairs": [{**pair, "a": os.path.relpath(pair["a"], directory),
+                                  "b": os.path.relpath(pair["b"], directory)} for pair in found_duplicates["pairs"]],
+                       "dropped": len(dropped)},
     }
     return arrays["train"], arrays["validation"], arrays.get("test"), info

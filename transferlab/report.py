@@ -161,6 +161,28 @@ def mistakes(folder, rows, cap=MISTAKES_SHOWN):
     return "\n".join(parts), len(wrong)
 
 
+def duplicates_section(found, source, shown=20):
+    """The record's duplicates (duplicates.find, paths relative to `source`): counts, then the first pairs with
+    both pictures."""
+    if not found["exact"] and not found["near"]:
+        return (f"<p class=ok>None: no photo is in two splits (same bytes, or pHash within {found['near_bits']} "
+                f"bits).</p>")
+    parts = [f"<p class=bad>{found['exact']} exact and {found['near']} near duplicates across splits: they inflate "
+             f"validation and test scores" + (f"; the run dropped {found['dropped']} later copies" if found.get(
+                 "dropped") else "; <code>--drop_duplicates=True</code> drops the later copies") + ".</p>"]
+    rows = []
+    for pair in found["pairs"][:shown]:
+        pictures = []
+        for side in ("a", "b"):
+            uri = _thumbnail(path=os.path.join(source, pair[side]))
+            pictures.append(f"<img alt='{_e(pair[side])}' src='{uri}'>" if uri else "(not available)")
+        rows.append([f"<div class=card>{pictures[0]}</div>", f"<div class=card>{pictures[1]}</div>",
+                     f"{_e(pair['kind'])} ({pair['bits']} bits)<br>{_e(pair['splits'][0])}: {_e(pair['a'])}<br>"
+                     f"{_e(pair['splits'][1])}: {_e(pair['b'])}"])
+    parts.append(_table(["", "", "pair"], rows))
+    return "\n".join(parts)
+
+
 def render(folder, record):
     """The page of the run in `folder` (its record given), as a string."""
     env, data, final = record.get("environment", {}), record.get("data", {}), record.get("final", {})
@@ -227,11 +249,15 @@ def render(folder, record):
         parts.append(f"<img class=plot alt='confusion matrix' "
                      f"src='{_png(os.path.join(folder, 'confusion_matrix.png'))}'>")
 
+    found = data.get("duplicates")
+    if found is not None:
+        parts.append("<h2>Duplicates across splits</h2>")
+        parts.append(duplicates_section(found, data.get("source") or ""))
+
     skipped = data.get("skipped_files") or []
     parts.append("<h2>Files skipped</h2>")
     parts.append("<p>None.</p>" if not skipped else _table(["file", "why"], [
-        [_e(s[0] if isinstance(s, (list, tuple)) else s), _e(s[1] if isinstance(s, (list, tuple)) else "")]
-        for s in skipped]))
+        [_e(s["path"]), _e(s["reason"])] if isinstance(s, dict) else [_e(s), ""] for s in skipped]))
 
     exported = os.path.join(folder, "export", "export.json")
     parts.append("<h2>Exports</h2>")
