@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHARED, check_the_model_in_use, run_script
 
-from transferlab import choice
+from transferlab import choice, images
 
 SHARED_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.weights.h5")
 SHARED_CATS_DOGS = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
@@ -316,7 +316,8 @@ def test_class_folders_without_train_run_end_to_end_and_say_their_layout(tmp_pat
     record, folder = only_record(results, "inception")
     assert record["data"]["layout"] == "class folders" and sum(record["data"]["samples"].values()) == 20
     assert open(os.path.join(folder, "labels.txt")).read() == "green\nred\n"
-    assert record["model"]["input"] == {"shape": [75, 75, 3], "dtype": "uint8"} and "model.keras" in os.listdir(folder)
+    assert record["model"]["input"] == {"shape": [75, 75, 3], "dtype": "uint8", "pixels": images.CONTRACT}
+    assert "model.keras" in os.listdir(folder)
     assert record["final"]["split"] == "validation" and record["final"]["images"] == record["data"]["samples"][
         "validation"]
     # In use: predict over the whole folder gives the model's probabilities; the export checks on validation.

@@ -13,6 +13,8 @@ import pytest
 from conftest import SHARED_MNIST, check_the_model_in_use, run_script
 from PIL import Image
 
+from transferlab import images
+
 PHASE_KEYS = {"classes", "train_samples", "epochs", "train_seconds", "first_epoch_seconds",
               "steady_epoch_seconds", "test_loss", "test_accuracy", "trainable_params", "batch_size"}
 
@@ -75,11 +77,12 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
     # Each finished phase leaves its weights (for a resumed run); no checkpoints remain.
     assert sorted(os.listdir(folder)) == ["base.weights.h5", "history_base.csv", "history_scratch.csv",
                                           "history_transfer.csv", "labels.txt", "learning_curves.png", "model.keras",
-                                          "record.json", "scratch.weights.h5", "tensorboard", "transfer.weights.h5"]
+                                          "record.json", "report.html", "scratch.weights.h5", "tensorboard",
+                                          "transfer.weights.h5"]
     # The transferred model, usable on its own: raw 28x28x1 digits in, task B's probabilities out.
     assert open(os.path.join(folder, "labels.txt")).read() == "7\n8\n9\n"
     assert record["model"] == {"file": "model.keras", "labels": "labels.txt", "phase": "transfer",
-                               "input": {"shape": [28, 28, 1], "dtype": "uint8"}}
+                               "input": {"shape": [28, 28, 1], "dtype": "uint8", "pixels": images.CONTRACT}}
     # On the raw test digits 7-9 (uint8 PNGs of mnist.npz's arrays, one folder per label) predict gives the
     # model's probabilities and scores what the run recorded for transfer; LiteRT and SavedModel exports pass.
     with np.load(npz, allow_pickle=False) as f:

@@ -102,7 +102,7 @@ def describe(record, labels, model):
         output_description=f"one probability per class, in the order of {tflite_metadata.LABELS}")
 
 
-def export_tflite(model, path, calibration, quantize, info):
+def export_tflite(model, path, calibration, quantize, info=None):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -118,7 +118,8 @@ def export_tflite(model, path, calibration, quantize, info):
     with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
         flatbuffer = converter.convert()
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(tflite_metadata.attach(flatbuffer, info))  # the class names inside, where MediaPipe reads them
+        # The class names inside, where MediaPipe reads them (`info` None: a file only timed, no metadata).
+        f.write(flatbuffer if info is None else tflite_metadata.attach(flatbuffer, info))
     return litert.Runner(path)
 
 
