@@ -121,3 +121,16 @@ def test_constants_the_folder_recipe_measured_show_as_the_choice_took_them(tmp_p
     records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("mobilenet/*/record.json"))]
     assert [compare.settings(r)["IMAGE_SIZE"] for r in records] == [160, 224]
     assert compare.differing_constants(records) == ["IMAGE_SIZE", "HEAD"]
+
+
+def test_the_html_page_links_each_single_run_to_its_report(results, tmp_path, capsys):
+    (results / "mnist" / "r4" / "report.html").write_text("<html></html>")
+    page = tmp_path / "pages" / "runs.html"
+    page.parent.mkdir()
+    assert compare.main([str(results), f"--html={page}"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"page: {page}"
+    text = page.read_text()
+    assert "<a href='../mnist/r4/report.html'>r4</a>" in text  # relative to the page: the folder moves whole
+    assert "<td>r5</td>" in text and "<td>r1 +2</td>" in text  # no report, and a group of three: no link
+    assert "<th>transfer acc</th>" in text and "<td>95.00%</td>" in text and "<td>99.20% ± 0.20</td>" in text
+    assert "http" not in text

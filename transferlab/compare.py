@@ -13,12 +13,14 @@ mean ± standard deviation with their count n.
 
 import argparse
 import csv
+import html
 import io
 import json
 import os
 import statistics
 import sys
 
+from transferlab import files
 from transferlab.files import RECORD
 
 REQUIRED = ("experiment", "run_id", "status", "config", "phases")
@@ -62,6 +64,7 @@ def load_record(path):
         raise ValueError(f"not a run record (missing {', '.join(missing)})")
     if not isinstance(record["config"], dict) or not isinstance(record["phases"], dict):
         raise ValueError("not a run record (config and phases must be objects)")
+    record["_folder"] = os.path.dirname(os.path.abspath(path))  # where its report.html is, for --html
     return record
 
 
@@ -219,6 +222,28 @@ def format_csv(columns, rows):
     return out.getvalue().rstrip("\n")
 
 
+def format_html(columns, rows, folders, page):
+    """The table as a self-contained page (transferlab.report's style); a single run's id links to its
+    report.html when it has one (`folders`: {run_id: run folder}), relative to the page at `page`."""
+    from transferlab import report
+
+    def linked(row, column):
+        text = html.escape(cell(column, row[column]))
+        folder = folders.get(row["run_id"]) if column == "run_id" and row["n"] == 1 else None
+        target = folder and os.path.join(folder, report.REPORT)
+        if target and os.path.isfile(target):
+            href = os.path.relpath(target, os.path.dirname(os.path.abspath(page)))
+            return f"<a href='{html.escape(href)}'>{text}</a>"
+        return text
+
+    head = "".join(f"<th>{html.escape(header(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{linked(row, c)}</td>" for c in columns) + "</tr>" for row in rows)
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>transferlab: {len(rows)} rows</title>"
+            f"<style>{report.STYLE}</style></head><body><h1>Runs compared</h1>"
+            f"<p>Accuracy: mean ± sample standard deviation over the runs of a row (test, else validation).</p>"
+            f"<table><tr>{head}</tr>{body}</table></body></html>\n")
+
+
 def plot(columns, rows, path):
     """Bar chart: accuracy and training seconds per phase for each row (run or group), error bars = std."""
     from transferlab import plots
@@ -251,6 +276,8 @@ def main(argv=None):
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text",
                         help="text for a terminal (default), markdown to paste into docs, csv for pandas")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a bar chart of accuracy and time")
+    parser.add_argument("--html", metavar="FILE.html", help="also write the table as a page, each run linked to "
+                                                            "its report.html")
     args = parser.parse_args(argv)
 
     records, skipped = find_records(args.paths)
@@ -263,6 +290,10 @@ def main(argv=None):
         return 1
     columns, rows = build_table(records)
     print({"text": format_text, "markdown": format_markdown, "csv": format_csv}[args.format](columns, rows))
+    if args.html:
+        folders = {record["run_id"]: record["_folder"] for record in records}
+        files.write_text(args.html, format_html(columns, rows, folders, args.html))
+        print(f"page: {args.html}", file=sys.stderr)
     if args.plot:
         plot(columns, rows, args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
