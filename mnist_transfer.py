@@ -102,7 +102,10 @@ with exp.run(source, title="MNIST transfer", batch_size=BATCH_SIZE, later_consta
                               augmentation=tuple(augmentation()))
     run.fit_head("transfer", transfer, task_b, training, head, record={"frozen_layers": frozen_count},
                  about=f"{frozen_count} of {len(features.layers)} feature layers frozen")
-    run.save_model(transfer, [str(digit) for digit in TASK_B_CLASSES])  # model.keras + labels.txt
+    # The final model on task B's test digits: per-class scores, plots, each digit's prediction (the report's
+    # mistakes); then model.keras + labels.txt.
+    run.evaluate_final(transfer.model, task_b, None, "MNIST transfer", [str(digit) for digit in TASK_B_CLASSES])
+    run.save_model(transfer, [str(digit) for digit in TASK_B_CLASSES])
 
     # 6. Phase "scratch": the same network from random init on task B, same epochs: the baseline.
     if RUN_SCRATCH:

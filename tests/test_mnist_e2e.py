@@ -75,10 +75,19 @@ def test_full_experiment_on_synthetic_data_writes_a_complete_record(mnist_dir, t
         assert {"accuracy", "loss"} <= set(rows[0])
     assert os.path.getsize(os.path.join(folder, "learning_curves.png")) > 10_000
     # Each finished phase leaves its weights (for a resumed run); no checkpoints remain.
-    assert sorted(os.listdir(folder)) == ["base.weights.h5", "history_base.csv", "history_scratch.csv",
-                                          "history_transfer.csv", "labels.txt", "learning_curves.png", "model.keras",
-                                          "record.json", "report.html", "scratch.weights.h5", "tensorboard",
-                                          "transfer.weights.h5"]
+    assert sorted(os.listdir(folder)) == ["base.weights.h5", "confusion_matrix.png", "history_base.csv",
+                                          "history_scratch.csv", "history_transfer.csv", "labels.txt",
+                                          "learning_curves.png", "mistakes.npz", "model.keras", "predictions.csv",
+                                          "record.json", "report.html", "sample_predictions.png",
+                                          "scratch.weights.h5", "tensorboard", "transfer.weights.h5"]
+    # The final model's digits, one a row, and the report shows the ones it got wrong from the arrays.
+    with open(os.path.join(folder, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == record["final"]["images"] and {row["label"] for row in rows} <= {"7", "8", "9"}
+    wrong = sum(row["label"] != row["predicted"] for row in rows)
+    assert wrong == round((1 - record["final"]["accuracy"]) * len(rows))
+    page = open(os.path.join(folder, "report.html")).read()
+    assert page.count("<div class=card><img") == min(wrong, 200) and page.count("image ") >= min(wrong, 200)
     # The transferred model, usable on its own: raw 28x28x1 digits in, task B's probabilities out.
     assert open(os.path.join(folder, "labels.txt")).read() == "7\n8\n9\n"
     assert record["model"] == {"file": "model.keras", "labels": "labels.txt", "phase": "transfer",

@@ -208,13 +208,15 @@ class Run(records.RunRecord):
                        model=model)
         return result
 
-    def evaluate_final(self, model, task, feed, title):
+    def evaluate_final(self, model, task, feed, title, class_names=None):
         """The final model (the last phase's) on held-out images: the task's test images when it has them, else
         its validation images; their probabilities as the phase left them when it trained here, else from a pass
         over the images (through `feed` when given).
         Writes confusion_matrix.png and sample_predictions.png, prints per-class precision, recall and F1, and
-        records them as the record's "final" section, with the split they come from."""
+        records them as the record's "final" section, with the split they come from; each image's prediction goes
+        to predictions.csv (report.py). `class_names`: the classes' names, when task.classes are label numbers."""
         split = "test" if task.test is not None else "validation"
+        names = list(class_names or task.classes)
         x, y = getattr(task, split)
         last = list(self.record["phases"])[-1]
         probabilities = (self.test_probabilities if split == "test" else self.validation_probabilities).get(last)
@@ -222,12 +224,12 @@ class Run(records.RunRecord):
             probabilities = models.predict_probabilities(model, x if feed is None else feed(x, y))
         predicted = models.classes_of(probabilities)
         paths = x.paths.tolist() if isinstance(x, images.Files) else None
-        report.write_predictions(self.dir, probabilities, y, task.classes, paths)  # the report's mistakes
+        report.write_predictions(self.dir, probabilities, y, names, paths)  # the report's mistakes
         if paths is None:
             report.write_mistake_pixels(self.dir, x, probabilities, y)
-        plots.predictions(self.dir, x, y, predicted, task.classes, f"{title}, {split}, run {self.run_id}",
+        plots.predictions(self.dir, x, y, predicted, names, f"{title}, {split}, run {self.run_id}",
                           seed=self.seed)
-        per_class = metrics.per_class(y, predicted, task.classes)
+        per_class = metrics.per_class(y, predicted, names)
         accuracy = float(np.mean(predicted == y))
         print(f"\nfinal model on {len(y)} {split} images: accuracy {accuracy:.2%}")
         for name, scores in list(per_class.items())[:20]:

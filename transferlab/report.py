@@ -85,7 +85,7 @@ def _thumbnail(pixels=None, path=None):
     try:
         image = Image.open(path) if path is not None else Image.fromarray(np.squeeze(pixels))
         image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, TypeError):
         return None
     if max(image.size) > THUMBNAIL:
         image.thumbnail((THUMBNAIL, THUMBNAIL))
@@ -201,8 +201,8 @@ def render(folder, record):
     rows = read_predictions(folder)
     parts.append("<h2 id=mistakes>Mistakes</h2>")
     if rows is None:
-        parts.append("<p class=muted>This run recorded no per-image predictions (predictions.csv): runs before "
-                     "reports, and the MNIST and CIFAR-10 experiments, which end without a final evaluation.</p>")
+        parts.append("<p class=muted>This run recorded no per-image predictions (predictions.csv): it ran before "
+                     "reports were written.</p>")
     else:
         parts.append(mistakes(folder, rows)[0])
 
