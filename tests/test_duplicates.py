@@ -87,6 +87,11 @@ def test_the_duplicates_command_lists_the_pairs(leaky_folder):
     assert lines[-3].startswith("1 exact and 1 near duplicates across splits (")
     assert lines[-2].split() == ["exact", "0", "bits", "train", "train/ants/a1.jpg", "=", "validation",
                                  "validation/ants/copy.jpg"]
+    missing = leaky_folder / "nothing"
+    result = subprocess.run([sys.executable, "-m", "transferlab.duplicates", str(missing)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == \
+        f"error: image folder {str(missing)!r} does not exist"
 
 
 def test_the_report_shows_each_pair_with_both_pictures(leaky_folder):

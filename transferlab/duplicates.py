@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from transferlab import files, process, progress
-from transferlab.errors import UserError
+from transferlab.errors import check
 
 NEAR = 4  # bits of 64 in which two pHashes of one picture may differ (re-encoding or resizing moves a few)
 PAIRS_KEPT = 100  # pairs listed in the record at most (all are counted)
@@ -156,6 +156,7 @@ def main(argv=None):
     parser.add_argument("--near", type=int, default=NEAR, help=f"pHash bits that may differ (default {NEAR})")
     args = parser.parse_args(argv)
     process.install()
+    check(os.path.isdir(args.folder), f"image folder {args.folder!r} does not exist")
     found_layout = folders.layout(args.folder)
     splits, _ = folders.listing(found_layout, args.validation_split)
     found = find({split: paths for split, (paths, _) in splits.items()}, args.near)
@@ -169,7 +170,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        process.fail(error)
+    process.command(main)

@@ -284,7 +284,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        process.fail(error)
+    process.command(main)

@@ -25,7 +25,7 @@ import numpy as np
 
 from transferlab import backbones, export, feature_cache, files, folders, litert, models, process, records
 from transferlab.classifier import Classifier
-from transferlab.errors import UserError, check
+from transferlab.errors import check
 
 PROBE_EPOCHS, PATIENCE = 300, 15  # the probe's epochs at most, and how many without improvement end it
 CALIBRATION = 100  # training photos that calibrate the int8 file
@@ -205,7 +205,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        process.fail(error)
+    process.command(main)

@@ -54,6 +54,14 @@ def fail(error):
     exit_now(2)
 
 
+def command(main):
+    """Run a command's `main()`: bad input (a UserError) ends it with one line and exit code 2 (`fail`)."""
+    try:
+        main()
+    except UserError as error:
+        fail(error)
+
+
 def on_exit(function, *args, **kwargs):
     """Call `function` when the process ends, however it ends (atexit alone would miss `exit_now`)."""
     _cleanups.append((function, args, kwargs))
