@@ -200,3 +200,17 @@ def check_the_model_in_use(folder, image_root, export_images=True):
         assert entry["passed"] is True and entry["top1_agreement"] == 1.0
         assert entry["max_probability_difference"] < 1e-4
     return rows, entries
+
+
+def check_export_entry(entry, record, out, fmt, quantize, name):
+    """An export.json entry of a passed export of the tiny run, checked on its 10 validation images."""
+    assert entry["passed"] is True and entry["format"] == fmt and entry["quantization"] == quantize
+    assert entry["images"] == record["final"]["images"] == 10  # the run's validation images
+    assert entry["accuracy_keras"] == pytest.approx(record["final"]["accuracy"])
+    for key in ("ms_per_image_keras_batch1", "ms_per_image_export_batch1", "ms_per_image_export_batch32"):
+        assert entry[key] > 0
+    if quantize == "none":  # a float export: the same answers
+        assert entry["top1_agreement"] == 1.0 and entry["max_probability_difference"] < 1e-4
+    if fmt == "tflite":
+        assert open(os.path.join(out, "labels.txt")).read() == "class_a\nclass_b\n"
+        assert entry["bytes"] == os.path.getsize(os.path.join(out, name))

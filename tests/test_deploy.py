@@ -16,6 +16,7 @@ import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import check_export_entry
 from PIL import Image
 
 from transferlab import images, model_card, tflite_metadata
@@ -162,6 +163,16 @@ def exported_run(trained_run, tmp_path_factory):
         result = export(folder, *args)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return str(folder), trained_run[1], trained_run[2]
+
+
+def test_each_export_round_trips_and_is_checked_against_the_keras_model(exported_run):
+    folder, record, _ = exported_run
+    with open(os.path.join(folder, "export", "export.json")) as f:
+        entries = json.load(f)
+    cases = [("tflite", "none", "model.tflite"), ("tflite", "int8", "model-int8.tflite")]
+    for fmt, quantize, name in cases + ([("onnx", "none", "model.onnx")] if HAVE_ONNX else []):
+        check_export_entry(entries[name], record, os.path.join(folder, "export"), fmt, quantize, name)
+    assert sorted(entries) == sorted([name for _, _, name in cases] + (["model.onnx"] if HAVE_ONNX else []))
 
 
 def test_every_tflite_export_names_its_classes_and_the_check_read_them_back(exported_run):
