@@ -9,6 +9,7 @@ import json
 import os
 
 from transferlab import files, images
+from transferlab.report import percent
 
 CARD = "README.md"
 
@@ -74,10 +75,6 @@ def _yaml(value):
     return json.dumps(value)  # a JSON scalar or list is a YAML one
 
 
-def _percent(value):
-    return "" if value is None else f"{100 * value:.2f}%"
-
-
 def _megabytes(count):
     return f"{count / 1e6:.1f} MB"
 
@@ -106,7 +103,7 @@ def write(folder, record, labels, entries):
 
     lines = front + ["", f"# {name}", "",
                      f"{backbone.get('backbone') or 'A network'} transferred to tell apart {len(labels)} classes of "
-                     f"`{source}`" + (f": {_percent(accuracy)} of {final['images']} {split} images right" if accuracy
+                     f"`{source}`" + (f": {percent(accuracy)} of {final['images']} {split} images right" if accuracy
                                        is not None else "") + ". "
                      f"Made by transferlab's `{record['experiment']}` experiment, run `{record['run_id']}` "
                      f"(commit `{commit}`), with:", "", f"    {command}", ""]
@@ -163,8 +160,8 @@ def write(folder, record, labels, entries):
     for entry in entries.values():
         kind = entry["format"] + ("" if entry["quantization"] == "none" else f", {entry['quantization']}")
         lines.append(f"| `{entry['file']}` | {kind} | {_megabytes(entry['bytes'])} | "
-                     f"{_percent(entry['top1_agreement'])} of {entry['images']} | "
-                     f"{_percent(entry.get('accuracy_keras'))} / {_percent(entry.get('accuracy_export'))} | "
+                     f"{percent(entry['top1_agreement'])} of {entry['images']} | "
+                     f"{percent(entry.get('accuracy_keras'))} / {percent(entry.get('accuracy_export'))} | "
                      f"{entry['ms_per_image_export_batch1']} | {'passed' if entry['passed'] else 'FAILED'} |")
     lines += ["", "`model.keras` (one folder up) is the model these were made from.", ""]
 

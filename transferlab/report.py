@@ -107,7 +107,7 @@ def _e(value):
     return html.escape("" if value is None else str(value))
 
 
-def _percent(value):
+def percent(value):
     return "" if value is None else f"{100 * value:.2f}%"
 
 
@@ -190,7 +190,7 @@ def render(folder, record):
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>"]
     status = record.get("status")
-    accuracy = (f"final: <b>{_percent(final['accuracy'])}</b> on {final['images']} {_e(final['split'])} images "
+    accuracy = (f"final: <b>{percent(final['accuracy'])}</b> on {final['images']} {_e(final['split'])} images "
                 f"(phase {_e(final['phase'])})" if "accuracy" in final else "no final evaluation recorded")
     parts.append(f"<p>Status <b class={'ok' if status == 'complete' else 'bad'}>{_e(status)}</b>; {accuracy}. "
                  f"Started {_e(record.get('started_at'))}, finished {_e(record.get('finished_at'))}, on "
@@ -232,8 +232,8 @@ def render(folder, record):
     phase_rows = []
     for name, phase in record.get("phases", {}).items():
         phase_rows.append([_e(name), _e(phase.get("train_samples")), _e(phase.get("epochs")),
-                           _e(phase.get("train_seconds")), _percent(phase.get("val_accuracy")),
-                           _percent(phase.get("test_accuracy")), _e(phase.get("feature_cache", ""))])
+                           _e(phase.get("train_seconds")), percent(phase.get("val_accuracy")),
+                           percent(phase.get("test_accuracy")), _e(phase.get("feature_cache", ""))])
     parts.append(_table(["phase", "images", "epochs", "seconds", "validation accuracy", "test accuracy",
                          "feature cache"], phase_rows))
     if os.path.isfile(os.path.join(folder, "learning_curves.png")):
@@ -266,8 +266,8 @@ def render(folder, record):
             entries = json.load(f)
         parts.append(_table(["file", "format", "bytes", "top-1 agreement", "accuracy (Keras / file)", "check"], [
             [_e(e["file"]), _e(e["format"] + ("" if e["quantization"] == "none" else f", {e['quantization']}")),
-             _e(e["bytes"]), _percent(e["top1_agreement"]),
-             f"{_percent(e.get('accuracy_keras'))} / {_percent(e.get('accuracy_export'))}",
+             _e(e["bytes"]), percent(e["top1_agreement"]),
+             f"{percent(e.get('accuracy_keras'))} / {percent(e.get('accuracy_export'))}",
              "<span class=ok>passed</span>" if e["passed"] else "<span class=bad>FAILED</span>"]
             for e in entries.values()]))
     else:
