@@ -113,6 +113,8 @@ def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_nex
     assert f"{chosen['image_size']} px, head" in first.stdout and "<- chosen" in first.stdout
     # Every size went through one LiteRT conversion of the backbone built for any size; the run shared it.
     assert transfer["litert_conversion"] == "shared"
+    # The sample (every training photo here) went through that program at the chosen size: the run took its rows.
+    assert transfer["features_from_choice"] == chosen["sample"]["images"]
     model = keras.saving.load_model(os.path.join(folder, "model.keras"), safe_mode=True)
     assert model.input_shape[1:3] == (chosen["image_size"], chosen["image_size"])
     # Another seed on the same photos: the choice is the cache's, the same; the run trains at that size.
@@ -122,6 +124,7 @@ def test_the_folder_recipe_measures_size_and_head_on_the_photos_once_and_the_nex
     records = [json.load(open(p)) for p in glob.glob(str(results / "mobilenet" / "*" / "record.json"))]
     again = next(r for r in records if r["config"]["SEED"] == 2)
     assert again["choice"] == {**chosen, "cached": True}
+    assert "features_from_choice" not in again["phases"]["transfer"]  # a cached choice keeps no features
 
 
 def test_mobilenet_reuses_the_frozen_phase_of_a_run_with_the_same_constants(image_folder, tmp_path, cache_dir):

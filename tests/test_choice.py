@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab import backbones, choice, images, litert, phases, pipelines
+from transferlab import backbones, choice, feature_cache, images, litert, phases, pipelines
 
 
 def test_photos_at_least_the_native_size_are_shown_at_it_and_smaller_ones_try_three_sizes():
@@ -63,6 +63,33 @@ def test_a_smaller_size_wins_only_by_more_than_a_standard_error_and_the_earlier_
     assert choice.best([entry(224, [], 0.97), entry(224, [256], 0.97)], 600)["head"] == []
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_each_candidate_learns_from_its_own_sizes_features_only(classes):
+    # Two sizes side by side: the first size's features are noise, the second's give the class away. Trained
+    # together, each candidate must score what its own features allow.
+    rng = np.random.default_rng(0)
+    labels = np.arange(150) % classes
+    fold = np.arange(150) // 50  # every class in every fold
+    noise = rng.normal(size=(150, 12)).astype(np.float32)
+    telling = (np.eye(12)[labels] * 3 + rng.normal(scale=0.1, size=(150, 12))).astype(np.float32)
+    settings = choice.Settings((64, 32), ((), (16,)), epochs=30, learning_rate=1e-2, batch_size=16)
+    (noise_linear, noise_hidden, telling_linear, telling_hidden) = choice.score(
+        [noise, telling], labels, fold, settings.heads, classes, settings)
+    assert telling_linear[0] == telling_hidden[0] == 1.0
+    assert noise_linear[0] < 0.75 and noise_hidden[0] < 0.75
+    assert telling_linear[1] < 0.1 < noise_linear[1]
+
+
+def test_every_photo_is_scored_by_the_candidate_that_never_saw_it():
+    # One feature of its own a photo and random labels: a linear head learns the photos it trains on by heart and
+    # knows nothing of the others, so held-out accuracy is chance (scored by the candidates that trained on them,
+    # it would be 100%).
+    labels = np.random.default_rng(1).integers(0, 2, 90)
+    settings = choice.Settings((32,), ((),), epochs=100, learning_rate=0.1, batch_size=10)
+    ((accuracy, loss),) = choice.score([np.eye(90, dtype=np.float32)], labels, np.arange(90) % 3, ((),), 2, settings)
+    assert accuracy < 0.7 and loss > 0.5
+
+
 @pytest.mark.parametrize("epochs, steps, samples, batch, passes", [
     (10, 1500, 1600, 32, 3),   # 50 steps an epoch: 3 passes make 1,500 steps in 10 epochs
     (10, 1500, 2000, 32, 3),   # 63 steps an epoch: 630 a pass, so 3
@@ -111,6 +138,28 @@ def test_the_run_shares_the_twins_litert_conversion_and_gets_the_fixed_models_fe
     assert len(inference.made) == 2 and len(list(private_litert.glob("*.tflite"))) == 1  # one conversion
     x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(run_batch(x), features.predict_on_batch(x), atol=1e-4)
+
+
+
+def test_the_runs_pass_takes_the_choices_sample_rows_and_gives_what_a_whole_pass_gives(tmp_path, cache_dir,
+                                                                                        private_litert):
+    x, y = make_photos(tmp_path / "photos", 32)
+    fixed, _ = backbones.load("MobileNetV2", 32, None)
+    pooled = keras.layers.GlobalAveragePooling2D
+    features = backbones.feature_extractor(fixed, pooled())
+    twin = backbones.feature_extractor(backbones.size_free("MobileNetV2", fixed), pooled())
+    inference = litert.Inference.choose("litert")
+    inference.share(features, twin)
+    feed = backbones.feed("MobileNetV2", batch_size=8, seed=0)
+    picked = np.array([1, 5, 6, 20, 23])  # the choice's sample, through the twin
+    sample, _, _, _ = feature_cache.cached(twin, x[picked], feed(x[picked], y[picked]), feed.preprocessing, inference)
+    others = np.setdiff1d(np.arange(len(y)), picked)
+    taken, status, _, _ = feature_cache.cached(features, x, feed(x[others], y[others]), feed.preprocessing,
+                                               inference, known=(picked, np.asarray(sample)))
+    whole = feature_cache.extract(features, feed(x, y), len(y), str(tmp_path / "whole"),
+                                  inference.batch_function(features)[0])
+    assert status == "miss" and taken.shape == (24, 1280)
+    np.testing.assert_array_equal(taken, whole)  # bit for bit
 
 
 def make_photos(root, side, per_class=12):

@@ -32,7 +32,7 @@ import os
 import statistics
 import time
 
-from transferlab.runtime import seed_everything
+import transferlab.runtime  # noqa: F401 (first: TensorFlow starts without its start-up noise)
 
 import keras
 import numpy as np
@@ -47,7 +47,7 @@ SAMPLE_IMAGES = 600  # training photos the candidates are measured on, shared ev
 FOLDS = 3  # each candidate trains on two thirds of the sample and scores the third it did not see, three times
 PHOTO_SAMPLE = 200  # training files whose headers give the photos' typical size
 SEED = 0  # the choice's own: the same photos give the same choice whatever the run's seed
-VERSION = 5  # of the procedure: a cached choice of another version is not reused
+VERSION = 6  # of the procedure: a cached choice of another version is not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,9 @@ class Choice:
     sample: dict  # {"fit": images, "held_out": images}
     seconds: float = 0.0
     cached: bool = False
+    # (indices into the training photos, {size: their features}): the sample's frozen features, kept for the run,
+    # whose own pass at the chosen size takes them instead of computing them again (not in the record)
+    sample_features: tuple = dataclasses.field(default=None, repr=False, compare=False)
 
     def record(self):
         return {"image_size": self.image_size, "head": self.head, "reason": self.reason, "sample": self.sample,
@@ -162,45 +165,83 @@ def folder():
 
 def score(features, labels, fold, heads, classes, settings):
     """[(held-out accuracy, held-out loss)] of every (size, head) pair, sizes in the order of `features` (one
-    array of rows a size), heads of `heads` (widths): each trained once a fold on the other folds' rows for
-    `settings.epochs` passes and scored on its own fold's, the scores pooled over the folds.
-    All train together in one model, one output a (size, head, fold), each output's loss weighing only the rows
-    outside its fold: their weights are disjoint and the loss their sum, so each learns as it would alone (Adam
-    scales each weight's step by its own gradients), in one training loop instead of one a candidate."""
-    seed_everything(SEED)
-    folds = int(fold.max()) + 1
-    inputs = [keras.Input(f.shape[1:]) for f in features]
-    outputs = [models.stack(f.shape[1:], [*(keras.layers.Dense(w, activation="relu") for w in head),
-                                          models.output_layer(classes)], name=f"candidate_{i}_{j}_{k}")(x)
-               for i, (f, x) in enumerate(zip(features, inputs, strict=True)) for j, head in enumerate(heads)
-               for k in range(folds)]
-    model = keras.Model(inputs, outputs, name="candidates")
+    array of rows a size, all of one width), heads of `heads` (widths): each trained once a fold on the other
+    folds' rows for `settings.epochs` passes and scored on its own fold's, the scores pooled over the folds.
+    Every candidate of a head shape trains at once: its weights are one tensor a layer with a leading (size,
+    fold) axis, each candidate's loss weighs only the rows outside its fold, the loss is their sum, so each
+    learns as it would alone (the optimizers are elementwise: Adam scales each weight's step by its own
+    gradients). One small tf.function step over them all, not Keras's fit: the same training (batches, Glorot
+    initialisation, the run's optimizer), a third of the time (docs/design.md)."""
+    folds, sizes = int(fold.max()) + 1, len(features)
+    rng = np.random.default_rng(SEED)
+    x = tf.constant(np.stack(features).astype(np.float32))  # (size, row, feature)
     binary = classes == 2
-    model.compile(optimizer=models.OPTIMIZERS[settings.optimizer](learning_rate=settings.learning_rate),
-                  loss=["binary_crossentropy" if binary else "sparse_categorical_crossentropy"] * len(outputs),
-                  steps_per_execution=32)
-    outside = tuple((fold != k % folds).astype(np.float32) for k in range(len(outputs)))  # output n: fold n % folds
-    batches = (tf.data.Dataset.from_tensor_slices((tuple(features), (labels,) * len(outputs), outside))
-               .shuffle(len(labels), seed=SEED).repeat(settings.epochs).batch(settings.batch_size))
-    model.fit(batches, epochs=1, shuffle=False, verbose=0)  # all passes in one: no per-epoch cost
-    predicted = [np.asarray(p) for p in model(tuple(features), training=False)]  # eager: no second trace
+    nets = []  # a head: [(kernel, bias)] a layer, each (size, fold, in, out) and (size, fold, 1, out)
+    for head in heads:
+        widths = [x.shape[-1], *head, 1 if binary else classes]
+        layers = []
+        for n, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            limit = (6 / (fan_in + fan_out)) ** 0.5  # Keras Dense's default, glorot_uniform, and zero bias
+            layers.append((keras.Variable(rng.uniform(-limit, limit, (sizes, folds, fan_in, fan_out)),
+                                          dtype="float32", name=f"kernel_{len(nets)}_{n}"),
+                           keras.Variable(np.zeros((sizes, folds, 1, fan_out)), dtype="float32",
+                                          name=f"bias_{len(nets)}_{n}")))
+        nets.append(layers)
+    weights = [v for layers in nets for pair in layers for v in pair]
+    optimizer = models.OPTIMIZERS[settings.optimizer](learning_rate=settings.learning_rate)
+    optimizer.build(weights)
+    truth = tf.constant(labels, tf.int32)
+
+    def logits(layers, h):  # h: (size, fold or 1, row, feature) -> (size, fold, row, out)
+        for n, (kernel, bias) in enumerate(layers):
+            h = tf.matmul(h, kernel) + bias
+            h = tf.nn.relu(h) if n < len(layers) - 1 else h
+        return h
+
+    def losses(out, y):  # (size, fold, row) cross-entropy, from logits as Keras computes it from probabilities
+        y = tf.broadcast_to(y, tf.shape(out)[:3])
+        if binary:
+            return tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(y, tf.float32), out[..., 0])
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(y, out)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, folds, None], tf.int32)])
+    def train(batches):  # (step, fold, row): each step a batch of each fold's candidates' own training rows
+        for rows in batches:  # a tf.while_loop: no Python between the steps
+            h = tf.gather(x, rows, axis=1)  # (size, fold, row, feature)
+            with tf.GradientTape() as tape:
+                loss = sum(tf.reduce_mean(losses(logits(layers, h), tf.gather(truth, rows)), axis=-1)
+                           for layers in nets)
+                loss = tf.reduce_sum(loss)  # the candidates' weights are disjoint: each gets its own loss's gradient
+            optimizer.apply(tape.gradient(loss, weights), weights)
+
+    # Each fold's candidates go over the rows outside it `epochs` times in batches of the run's size, shuffled a
+    # pass at a time; the folds' streams are cut to one length (they differ by a few rows at most).
+    fitting = [np.flatnonzero(fold != k) for k in range(folds)]
+    steps = -(-settings.epochs * max(map(len, fitting)) // settings.batch_size)
+    streams = [np.concatenate([rng.permutation(rows) for _ in range(-(-steps * settings.batch_size // len(rows)))])
+               [:steps * settings.batch_size] for rows in fitting]
+    batches = np.stack(streams).astype(np.int32).reshape(folds, steps, settings.batch_size)
+    train(batches.transpose(1, 0, 2))
+    own = np.eye(folds, dtype=bool)[fold]  # (row, fold): the candidate that did not see the row scores it
     scores = []
-    for n in range(0, len(outputs), folds):  # a candidate's outputs, one a fold
-        probabilities = np.concatenate([predicted[n + k][fold == k] for k in range(folds)])
-        truth = np.concatenate([labels[fold == k] for k in range(folds)])
-        if binary:  # one sigmoid unit: the probability of class 1
-            probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
-        loss = -np.mean(np.log(np.clip(probabilities[np.arange(len(truth)), truth], 1e-7, 1.0)))
-        scores.append((float(np.mean(probabilities.argmax(axis=1) == truth)), float(loss)))
+    everything = [logits(layers, x[:, None]) for layers in nets]  # every row through every candidate
+    for s in range(sizes):
+        for out in everything:
+            out = out[s]  # (fold, row, out)
+            loss = np.asarray(losses(out[None], truth)[0])[own.T]  # each row's loss under its own fold's candidate
+            out = np.asarray(out).transpose(1, 0, 2)[own]  # (row, out), rows in order
+            predicted = (out[:, 0] > 0).astype(int) if binary else out.argmax(axis=1)
+            scores.append((float(np.mean(predicted == labels)), float(np.mean(loss))))
     return scores
 
 
 def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
-    """The tried list and sample counts: every size of `settings` (the preferred first) through
-    `extractors(size)` (a features model taking that size), every head of it, on the sample of `train`
+    """(the tried list, sample counts, the sample's features): every size of `settings` (the preferred first)
+    through `extractors(size)` (a features model taking that size), every head of it, on the sample of `train`
     (images.Files, labels). With one size, the features of every training photo are computed, through the
     feature cache, and the sample's rows taken from them: they are the run's own (the same network, photos and
-    key), so the run finds them on disk and the choice extracts nothing it would not."""
+    key), so the run finds them on disk and the choice extracts nothing it would not; the sample's features
+    are then None. With several, (the sample's indices into `train`, {size: their features})."""
     x, y = train
     picked, fold = sample(x.paths, y)
     labels = y[picked]
@@ -219,7 +260,8 @@ def measure(extractors, train, classes, feed, settings, inference=litert.KERAS):
         size = best(tried, len(picked))["image_size"]
         tried += entries([size], others, score([features[settings.sizes.index(size)]], labels, fold, others,
                                                classes, settings))
-    return tried, {"images": len(picked), "folds": int(fold.max()) + 1}
+    kept = None if whole else (picked, dict(zip(settings.sizes, features, strict=True)))  # whole: on disk already
+    return tried, {"images": len(picked), "folds": int(fold.max()) + 1}, kept
 
 
 def entries(sizes, heads, scores):
@@ -267,9 +309,10 @@ def choose(model, info, twin, train, classes, feed, settings, inference=litert.K
         fixed.set_weights(model.get_weights())
         return backbones.feature_extractor(fixed, keras.layers.GlobalAveragePooling2D())
 
-    tried, counts = measure(extractor, train, classes, feed, settings, inference)
+    tried, counts, kept = measure(extractor, train, classes, feed, settings, inference)
     chosen = best(tried, counts["images"])
-    choice = Choice(chosen["image_size"], chosen["head"], tried, settings.reason, counts, time.perf_counter() - start)
+    choice = Choice(chosen["image_size"], chosen["head"], tried, settings.reason, counts, time.perf_counter() - start,
+                    sample_features=kept)
     os.makedirs(folder(), exist_ok=True)
     files.write_json(f"{entry}.json", choice.record())
     return choice

@@ -149,6 +149,7 @@ class Run(records.RunRecord):
         self.phase_inputs = phase_inputs  # {phase: [CONSTANT, ...]}: what a reused phase must share
         self.inference = experiment.inference  # litert.Inference: the runtime of the frozen passes, and why
         self.size_free = experiment.size_free  # the backbone built for any size, when the choice measured sizes
+        self.choice = experiment.choice  # choice.Choice, when the recipe measured one
         self.test_probabilities = {}  # {phase: its model's probabilities of the test images}, trained in this run
         self.validation_probabilities = {}  # {phase: ... of the validation images}, when the phase computed them
         super().__init__(experiment.results_dir, experiment.name, experiment.config, environment(), data,
@@ -164,11 +165,17 @@ class Run(records.RunRecord):
         """Phase `name` (`phase`): the `classifier`'s head trained on its frozen features (phases.fit_head, with
         `head` its phases.HeadOptions). The task's validation images validate, its test images score. The
         backbone's frozen pass runs as its size-free twin when the choice built one: converted once for both."""
+        known = None
         if self.size_free is not None and classifier.backbone is not None:
             self.inference.share(classifier.features,
                                  backbones.feature_extractor(self.size_free, type(classifier.pooling)()))
+            # The choice's sample went through this very LiteRT program at this size: its rows are the pass's own
+            sample = self.choice.sample_features if self.choice is not None else None
+            size = classifier.features.input_shape[1]
+            if sample is not None and size in sample[1] and self.inference.chosen == "litert":
+                known = sample[0], sample[1][size]
         return self.phase(name, classifier.model, task, options, lambda: phases.fit_head(
-            self, name, classifier.features, classifier.head, task, options, head), about, reuse, record)
+            self, name, classifier.features, classifier.head, task, options, head, known), about, reuse, record)
 
     def fine_tune(self, name, classifier, task, options, cache, about=None):
         """Phase `name` (`phase`): the `classifier` trained on after its `unfreeze` (phases.fine_tune; `cache`:

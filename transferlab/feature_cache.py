@@ -66,25 +66,31 @@ def _read_features(path, meta):
     return features
 
 
-def extract(frozen, batches, count, entry, run_batch=None):
+def extract(frozen, batches, count, entry, run_batch=None, known=None):
     """Run `frozen` in inference mode over `batches` (images, or (images, labels) pairs; `count` images
     in all), writing the features batch by batch into the cache entry's memory-mapped .npy; returns
-    them as a read-only memory map. `run_batch` (litert.Inference.batch_function) runs a batch; None: Keras."""
+    them as a read-only memory map. `run_batch` (litert.Inference.batch_function) runs a batch; None: Keras.
+    `known`: (indices, their features), rows this very network computed already: `batches` then hold only the
+    other images, in order, and the entry gets both."""
     run_batch = run_batch or litert.KERAS.batch_function(frozen)[0]
     batches = pipelines.numpy_batches(batches)
+    positions = np.arange(count) if known is None else np.setdiff1d(np.arange(count), known[0])
     os.makedirs(os.path.dirname(entry), exist_ok=True)
-    with files.replacing(f"{entry}.npy") as tmp, progress.Progress("features extracted", count) as shown:
+    with files.replacing(f"{entry}.npy") as tmp, progress.Progress("features extracted", len(positions)) as shown:
         out, done = None, 0
+        if known is not None:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *known[1].shape[1:]))
+            out[known[0]] = known[1]
         for batch in batches:
             images = batch[0] if isinstance(batch, tuple) else batch
             result = run_batch(np.asarray(images))
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *result.shape[1:]))
-            out[done:done + len(result)] = result
+            out[positions[done:done + len(result)]] = result
             done += len(result)
             shown.add(len(result))
-        if done != count:
-            raise ValueError(f"the pipeline gave {done} images, expected {count}")
+        if done != len(positions):
+            raise ValueError(f"the pipeline gave {done} images, expected {len(positions)}")
         out.flush()
         shape = list(out.shape)
         del out  # close the memory map before renaming the file
@@ -113,10 +119,11 @@ def trim(limit_bytes):
         total -= size
 
 
-def cached(frozen, images, batches, preprocessing, inference=litert.KERAS):
+def cached(frozen, images, batches, preprocessing, inference=litert.KERAS, known=None):
     """The frozen features of `images` from the disk cache, extracted (from `batches`, by the runtime that
     `inference`, a litert.Inference, chose) on a miss: (features as a read-only memory map, "hit" or "miss",
-    seconds spent, info for the record: the runtime that computed them)."""
+    seconds spent, info for the record: the runtime that computed them). `known`: as extract's (then `batches`
+    hold the other images only)."""
     start = time.perf_counter()
     entry = os.path.join(folder(), key(frozen, images, preprocessing, inference.chosen))
     features = stored_features(entry)
@@ -126,6 +133,6 @@ def cached(frozen, images, batches, preprocessing, inference=litert.KERAS):
     run_batch, info = inference.batch_function(frozen)
     if info["inference_runtime"] != inference.chosen:  # fell back to Keras: file the features under its key
         entry = os.path.join(folder(), key(frozen, images, preprocessing, info["inference_runtime"]))
-    features = extract(frozen, batches, len(images), entry, run_batch)
+    features = extract(frozen, batches, len(images), entry, run_batch, known)
     trim(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
     return features, "miss", time.perf_counter() - start, info

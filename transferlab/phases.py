@@ -172,7 +172,7 @@ def fit(run, phase, model, train, options, validation=None, more_callbacks=()):
     return PhaseResult.of(fitted, stop or None, info={"batch_size": options.batch_size})
 
 
-def fit_head(run, phase, features, head, task, options, head_options):
+def fit_head(run, phase, features, head, task, options, head_options, known=None):
     """Train a new `head` on top of the frozen `features` model on `task` (tasks.Task): the transfer phase.
 
     With a cache (`head_options.cache`), the frozen layers run once over the training (and validation) images
@@ -185,6 +185,10 @@ def fit_head(run, phase, features, head, task, options, head_options):
     the head, the whole network here, the same way.
 
     Images go into the model as they are, or through `options.feed` (a backbone's pipelines).
+
+    `known`: (indices into the training images, their features), rows the `features` network computed already
+    (the choice's sample, choice.Choice.sample_features, through the same LiteRT program: bit for bit the rows
+    a pass would give); a disk-cache miss extracts only the other images.
 
     Returns the PhaseResult; its info says feature_cache ("hit", "miss", "memory" or "off"), batch_size and
     feature_extraction_seconds; with a cache, validation_probabilities (from the validation images' cached features)
@@ -209,13 +213,18 @@ def fit_head(run, phase, features, head, task, options, head_options):
     inference = inference_of(run)
     runtime_info = {}
 
-    def extract(images, labels):
+    def extract(images, labels, known=None):
         """(features, where they came from, seconds)."""
         if cache == "disk":
-            batches = feed(images, labels) if feed else (images[i:i + extraction.EXTRACT_BATCH]
-                                                         for i in range(0, len(images), extraction.EXTRACT_BATCH))
+            rest, their = images, labels
+            if known is not None:  # only the images whose features are not known yet go through the network
+                others = np.setdiff1d(np.arange(len(images)), known[0])
+                rest, their = images[others], labels[others]
+            batches = (() if not len(rest) else feed(rest, their) if feed else
+                       (rest[i:i + extraction.EXTRACT_BATCH] for i in range(0, len(rest), extraction.EXTRACT_BATCH)))
             preprocessing = feed.preprocessing if feed else ""
-            found, status, seconds, info = feature_cache.cached(features, images, batches, preprocessing, inference)
+            found, status, seconds, info = feature_cache.cached(features, images, batches, preprocessing, inference,
+                                                                known)
             runtime_info.update(info)
             return found, status, seconds
         run_batch, info = inference.batch_function(features)
@@ -226,7 +235,7 @@ def fit_head(run, phase, features, head, task, options, head_options):
             found, seconds = extraction.extract_features(features, feed(images, labels), run_batch=run_batch)
         return found, "memory", seconds
 
-    f_train, status, seconds = extract(*task.train)
+    f_train, status, seconds = extract(*task.train, known)
     validation = None
     if task.validation is not None:
         f_val, val_status, val_seconds = extract(*task.validation)
@@ -238,7 +247,8 @@ def fit_head(run, phase, features, head, task, options, head_options):
         print(f"   the head goes over its features {passes} times an epoch: {head_options.steps} steps at least")
     result = fit(run, phase, head, (f_train, task.train[1]), on_features, validation)
     result.info = {"feature_cache": status, "batch_size": head_options.batch_size, "passes_per_epoch": passes,
-                   "feature_extraction_seconds": round(seconds, 3), **runtime_info}
+                   "feature_extraction_seconds": round(seconds, 3), **runtime_info,
+                   **({"features_from_choice": len(known[0])} if known is not None and status == "miss" else {})}
     result.extra_seconds = seconds
     if task.test is not None:
         result.test = models.predict_scores(head, extract(*task.test)[0], task.test[1], batch_size=1024)
