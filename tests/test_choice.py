@@ -61,6 +61,9 @@ def test_a_smaller_size_wins_only_by_more_than_a_standard_error_and_the_earlier_
     tried = [entry(224, [], 0.80), entry(160, [], 0.82), entry(160, [256], 0.86)]
     assert choice.best(tried, 600) is tried[2]
     assert choice.best([entry(224, [], 0.97), entry(224, [256], 0.97)], 600)["head"] == []
+    # A hidden layer must beat the linear head by a standard error too: 0.9883's is 0.0044 over 600 photos.
+    assert choice.best([entry(224, [], 0.9883), entry(224, [256], 0.9900)], 600)["head"] == []
+    assert choice.best([entry(224, [], 0.9883), entry(224, [256], 0.9930)], 600)["head"] == [256]
 
 
 @pytest.mark.parametrize("classes", [2, 3])

@@ -17,8 +17,8 @@ default that fits the photos"). So when a recipe leaves IMAGE_SIZE or HEAD to th
    tell a point apart when only a third of it scores); then the other heads of HEADS, the same way, at the
    size that scored best;
 4. the size whose best head scores highest, a smaller one only when it beats the native size by more than a
-   standard error (leaving the size the weights were trained at takes evidence), and there the best head; among
-   equals the earlier (the linear head before the hidden one).
+   standard error (leaving the size the weights were trained at takes evidence), and there the linear head
+   unless another beats it by more than a standard error too.
 
 The choice is a function of the files, the backbone, the candidates and the head's training, not of the run's
 seed, and is kept in the cache (choices/<key>.json): a rerun, another seed or a resumed run on the same photos
@@ -274,16 +274,24 @@ def entries(sizes, heads, scores):
 
 def best(tried, images):
     """The entry to train, of `tried` in order of preference (the native size first, then smaller; the linear
-    head first): at the size whose best entry scores highest, the best entry; but a size other than the first
-    must beat the first size's best by a standard error of that accuracy over `images` photos (the native size
-    is where the weights were trained: leaving it takes evidence), and among equals the earlier entry wins."""
+    head first): at the size whose best entry scores highest, the first head unless a later one beats it. Both
+    take evidence, more than a standard error of the accuracy they would leave over `images` photos: a size
+    other than the first must beat the first size's best (the native size is where the weights were trained),
+    a head other than the first must beat the first head at that size (a hidden layer costs training time and
+    is fitted to fewer examples a weight; one photo of 600 is not evidence)."""
     sizes = list(dict.fromkeys(t["image_size"] for t in tried))
     top = {size: max(t["held_out_accuracy"] for t in tried if t["image_size"] == size) for size in sizes}
     native = top[sizes[0]]
-    margin = (native * (1 - native) / images) ** 0.5
-    size = max(sizes, key=lambda s: (s == sizes[0] or top[s] > native + margin, top[s], -sizes.index(s)))
-    at = [t for t in tried if t["image_size"] == size]
-    return max(at, key=lambda t: (round(t["held_out_accuracy"], 6), -at.index(t)))
+    size = max(sizes, key=lambda s: (s == sizes[0] or top[s] > native + standard_error(native, images), top[s],
+                                     -sizes.index(s)))
+    first, *others = [t for t in tried if t["image_size"] == size]
+    bar = first["held_out_accuracy"] + standard_error(first["held_out_accuracy"], images)
+    better = [t for t in others if t["held_out_accuracy"] > bar]
+    return max(better, key=lambda t: (round(t["held_out_accuracy"], 6), -others.index(t))) if better else first
+
+
+def standard_error(accuracy, images):
+    return (accuracy * (1 - accuracy) / images) ** 0.5
 
 
 def choose(model, info, twin, train, classes, feed, settings, inference=litert.KERAS):
