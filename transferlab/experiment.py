@@ -37,11 +37,12 @@ from transferlab import (
     records,
     report,
     run_constants,
+    tracking,
 )
 
 # Constants that decide no phase's numbers, or whose effect the record compares by content: the data's and
 # the backbone weights' sha256, the distribution strategy's description.
-NOT_INPUTS = ("DATA_DIR", "WEIGHTS", "DISTRIBUTE", "TENSORBOARD", "RESULTS_DIR", "RESUME")
+NOT_INPUTS = ("DATA_DIR", "WEIGHTS", "DISTRIBUTE", "TENSORBOARD", "TRACKING", "RESULTS_DIR", "RESUME")
 
 
 def configure(namespace, argv, recipe=None, derive=None):
@@ -60,7 +61,8 @@ def start(name, constants):
 class Experiment:
     def __init__(self, name, constants):
         self.name, self.config, self.seed = name, constants, constants["SEED"]
-        config.check_choice(INFERENCE_RUNTIME=(constants["INFERENCE_RUNTIME"], litert.SETTINGS))
+        config.check_choice(INFERENCE_RUNTIME=(constants["INFERENCE_RUNTIME"], litert.SETTINGS),
+                            TRACKING=(constants["TRACKING"], tracking.SETTINGS))
         self.strategy = distribute.start(constants["DISTRIBUTE"], constants["MIXED_PRECISION"], constants["RESUME"])
         self.inference = litert.Inference.choose(constants["INFERENCE_RUNTIME"], self.strategy.num_replicas_in_sync)
         self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
@@ -133,12 +135,22 @@ class Experiment:
         sections = {"distribute": distribute.describe(self.strategy, batch_size),
                     "inference_runtime": self.inference.record(), **({"backbone": backbone} if backbone else {}),
                     **({"choice": self.choice.record()} if self.choice else {})}
-        with Run(self, data, sections, inputs) as run, self.strategy.scope():
-            print(f"run {run.run_id}: {run.dir}")
-            yield run
-            plots.learning_curves(run.histories(), run.file("learning_curves.png"), title=f"{title}, run {run.run_id}")
-        records.print_summary(run.record, run.path)
-        print(f"report: {report.write(run.dir)}")
+        run = None
+        try:
+            with Run(self, data, sections, inputs) as run, self.strategy.scope():
+                print(f"run {run.run_id}: {run.dir}")
+                if distribute.is_chief(self.strategy):  # one worker of a cluster speaks for the run
+                    run.tracker = tracking.start(self.config["TRACKING"], run)
+                yield run
+                plots.learning_curves(run.histories(), run.file("learning_curves.png"),
+                                      title=f"{title}, run {run.run_id}")
+                if run.tensorboard:
+                    tracking.write_hparams(run)
+            records.print_summary(run.record, run.path)
+            print(f"report: {report.write(run.dir)}")
+        finally:
+            if run is not None:  # the end as the record says it: complete, failed or interrupted
+                run.tracker.finish(run)
 
 
 class Run(records.RunRecord):
@@ -150,6 +162,7 @@ class Run(records.RunRecord):
         self.inference = experiment.inference  # litert.Inference: the runtime of the frozen passes, and why
         self.size_free = experiment.size_free  # the backbone built for any size, when the choice measured sizes
         self.choice = experiment.choice  # choice.Choice, when the recipe measured one
+        self.tracker = tracking.Tracker()  # MLflow's run, when tracked (tracking.start)
         self.test_probabilities = {}  # {phase: its model's probabilities of the test images}, trained in this run
         self.validation_probabilities = {}  # {phase: ... of the validation images}, when the phase computed them
         super().__init__(experiment.results_dir, experiment.name, experiment.config, environment(), data,
@@ -213,6 +226,7 @@ class Run(records.RunRecord):
             self.validation_probabilities[name] = result.validation_probabilities
         self.add_phase(name, {**phases.summary(result, task.classes, task.samples, model, test), **(record or {})},
                        model=model)
+        self.tracker.phase(self, name)
         return result
 
     def evaluate_final(self, model, task, feed, title, class_names=None):

@@ -9,5 +9,6 @@ DISTRIBUTE = "auto"  # auto (all GPUs if several), none, mirrored, multi_worker 
 MIXED_PRECISION: str | None = "auto"  # None (float32), mixed_float16 or mixed_bfloat16; auto: float16 with a GPU
 INFERENCE_RUNTIME = "auto"  # frozen passes in litert (XNNPACK) or keras; auto: litert on a CPU with one replica
 TENSORBOARD = True  # TensorBoard logs of every phase in the run folder: tensorboard --logdir results/
+TRACKING = "auto"  # mlflow: each run also an MLflow run (tracking.py); auto: when MLFLOW_TRACKING_URI is set; none
 RESULTS_DIR = "results"  # each run writes RESULTS_DIR/<experiment>/<run_id>/
 RESUME: str | None = None  # a run id, or "latest": finish an interrupted run (same constants) in its folder

@@ -1,8 +1,10 @@
 """Run one experiment script over a grid of constants and seeds, then compare exactly those runs.
 
     python -m transferlab.sweep SCRIPT.py [--vary=NAME=V1,V2,...] [--vary=...] [--seeds=3] [--name=value ...]
+        [--engine=ray [--address=HOST:PORT] [--cpus_per_run=1] [--gpus_per_run=0]]
 
-Every combination of the varied constants runs once per seed (SEED = 0, 1, ...), one after another, each
+Every combination of the varied constants runs once per seed (SEED = 0, 1, ...), one after another (or, with
+--engine=ray, as Ray tasks side by side on this machine or a cluster: ray_engine.py), each
 as its own run of the script with its own record, in `RESULTS_DIR/sweeps/<sweep id>/` (the id is a hash of
 the script and the arguments, so the same command finds the same folder). A run that fails is recorded by
 the script and reported here, and the sweep goes on. Running the same command again skips the runs already
@@ -22,7 +24,7 @@ import signal
 import subprocess
 import sys
 
-from transferlab import compare, config
+from transferlab import compare, config, tracking
 
 # The constants that cut the training set per class: a sweep over one of them is a data-efficiency study.
 PER_CLASS = ("task_b_samples_per_class", "samples_per_class")
@@ -183,12 +185,12 @@ def data_efficiency(records, rows, column):
     return lines
 
 
-def run_one(command):
+def run_one(command, env=None):
     """Run one run of the script: (exit code, stderr). The run has its own process group, so a terminal's
     Ctrl-C reaches it only through here, once: SIGINT or SIGTERM to the sweep is passed on, the run records
     itself interrupted and exits, and then KeyboardInterrupt stops the sweep (never a run left behind)."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env={**os.environ, **(env or {})})
     received = []
 
     def pass_on(signum, frame):
@@ -206,6 +208,13 @@ def run_one(command):
     return process.returncode, err
 
 
+def report_failure(label, code, err):
+    """(label, the error's last line), said as it happens."""
+    reason = (err.strip().splitlines() or ["no output"])[-1]
+    print(f"{label}: FAILED (exit {code}): {reason}", flush=True)
+    return label, reason
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m transferlab.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("script", help="the experiment script to run, e.g. mnist_transfer.py")
@@ -213,6 +222,12 @@ def main(argv=None):
                         help="NAME=V1,V2,...: a constant and its values (repeatable: every combination runs); "
                              "without it, the script's defaults run once per seed")
     parser.add_argument("--seeds", type=int, default=3, help="runs per combination, with SEED = 0, 1, ... (default 3)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: one run after another here (default); ray: each run a Ray task (ray_engine.py)")
+    parser.add_argument("--address", default=None,
+                        help="with --engine=ray: the Ray cluster to join (host:port, or auto); none: Ray starts here")
+    parser.add_argument("--cpus_per_run", type=float, default=1, help="with --engine=ray: CPUs a run asks for")
+    parser.add_argument("--gpus_per_run", type=float, default=0, help="with --engine=ray: GPUs a run asks for")
     parser.epilog = ("Any other --name=value goes to every run (--results_dir= decides where the sweep folder "
                      "goes). Run the same command again to finish an interrupted sweep.")
     args, passed = parser.parse_known_args(argv)
@@ -221,31 +236,58 @@ def main(argv=None):
     if args.seeds < 1:
         raise SystemExit("error: --seeds must be >= 1")
     varied = dict(parse_vary(v) for v in args.vary)
+    if args.address and args.engine != "ray":
+        raise SystemExit("error: --address is for --engine=ray")
     results_dir = next((a.split("=", 1)[1] for a in passed if a.startswith("--results_dir=")), "results")
+    if args.engine == "ray":  # every node finds the folder by the same absolute path
+        results_dir = os.path.abspath(results_dir)
     passed = [a for a in passed if not a.startswith(("--results_dir=", "--seed="))]
     folder = sweep_folder(results_dir, args.script, [*args.vary, f"--seeds={args.seeds}", *passed])
     grid = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
     runs = [(combination, seed) for combination in grid for seed in range(args.seeds)]
     print(f"sweep of {len(runs)} runs ({len(grid)} combinations x {args.seeds} seeds) in {folder}")
-    failed = []
+    setting = next((a.split("=", 1)[1] for a in passed if a.startswith("--tracking=")), "auto")
+    stem = os.path.splitext(os.path.basename(args.script))[0]
+    parent = tracking.Sweep(setting, folder, stem.removesuffix("_transfer"),  # the runs' experiment name
+                            {"script": args.script, "seeds": args.seeds, **{f"vary {k}": v for k, v in varied.items()},
+                             "arguments": passed})
+    failed, jobs = [], []
     for i, (combination, seed) in enumerate(runs, 1):
         overrides = [*combination.items(), ("SEED", str(seed))]
         flags = [f"--{name.lower()}={value}" for name, value in overrides]
-        label = " ".join(flags)
+        label = f"[{i}/{len(runs)}] {' '.join(flags)}"
         if any(matches(r, overrides) for r in complete_runs(folder)):
-            print(f"[{i}/{len(runs)}] {label}: complete already, skipped")
+            print(f"{label}: complete already, skipped")
             continue
-        print(f"[{i}/{len(runs)}] {label} ...", flush=True)
+        jobs.append((label, overrides, [*passed, *flags, f"--results_dir={folder}"]))
+    if args.engine == "local":
+        for label, _, arguments in jobs:
+            print(f"{label} ...", flush=True)
+            try:
+                code, err = run_one([sys.executable, args.script, *arguments], parent.env)
+            except KeyboardInterrupt:
+                print(f"{label}: interrupted; run the same command again to finish the sweep", file=sys.stderr)
+                parent.finish(failed=True)
+                return 130
+            if code != 0:
+                failed.append(report_failure(label, code, err))
+    elif jobs:
+        from transferlab import ray_engine
+
+        print(f"{len(jobs)} runs as Ray tasks", flush=True)
         try:
-            code, err = run_one([sys.executable, args.script, *passed, *flags, f"--results_dir={folder}"])
+            for label, code, err, resumed in ray_engine.run_all(jobs, args.script, folder, args.address,
+                                                                args.cpus_per_run, args.gpus_per_run, parent.env):
+                again = f" (resumed run {resumed}, which a lost worker left unfinished)" if resumed else ""
+                if code != 0:
+                    failed.append(report_failure(label, code, err))
+                else:
+                    print(f"{label}: complete{again}", flush=True)
         except KeyboardInterrupt:
-            print(f"[{i}/{len(runs)}] {label}: interrupted; run the same command again to finish the sweep",
+            print("interrupted: the runs were cancelled; run the same command again to finish the sweep",
                   file=sys.stderr)
+            parent.finish(failed=True)
             return 130
-        if code != 0:
-            reason = (err.strip().splitlines() or ["no output"])[-1]
-            failed.append((label, reason))
-            print(f"[{i}/{len(runs)}] {label}: FAILED (exit {code}): {reason}")
     records = [r for r in complete_runs(folder) if any(matches(r, [*c.items(), ("SEED", str(s))]) for c, s in runs)]
     if records:
         columns, rows = compare.build_table(records)
@@ -257,7 +299,8 @@ def main(argv=None):
             for line in data_efficiency(records, rows, list(varied)[0].lower()):
                 print(line)
     for label, reason in failed:
-        print(f"failed: {label}: {reason}")
+        print(f"failed: {label.split('] ', 1)[1]}: {reason}")
+    parent.finish(failed, [os.path.join(folder, "sweep.png")])
     return 1 if failed else 0
 
 

@@ -1,0 +1,173 @@
+"""Runs in the trackers teams use (transferlab/tracking.py): MLflow, a local store and a real server, and
+TensorBoard's HParams view."""
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import tensorflow as tf
+from conftest import ROOT, make_image_folder, run_script
+
+needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                                  reason="MLflow is optional: pip install -r requirements-mlflow.txt")
+TINY = ["--weights=None", "--image_size=32", "--head=[]", "--epochs=2", "--head_steps=0", "--fine_tune_epochs=0",
+        "--run_scratch=False"]
+
+
+def only_record(results):
+    (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
+    with open(path) as f:
+        return os.path.dirname(path), json.load(f)
+
+
+def hparams_sessions(folder):
+    """{hparam: value} of each HParams session start in the event files directly in `folder`."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    sessions = []
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    if data.HasField("session_start_info"):
+                        sessions.append({k: getattr(v, v.WhichOneof("kind"))
+                                         for k, v in data.session_start_info.hparams.items()})
+    return sessions
+
+
+def test_a_run_writes_its_constants_as_a_tensorboard_hparams_session_and_says_no_tracker(tmp_path):
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    results = tmp_path / "results"
+    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, "--seed=3",
+                      f"--results_dir={results}", env={"MLFLOW_TRACKING_URI": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder, record = only_record(results)
+    (session,) = hparams_sessions(os.path.join(folder, "tensorboard"))
+    assert session["SEED"] == 3 and session["IMAGE_SIZE"] == 32 and session["HEAD"] == "[]"
+    assert session["TRACKING"] == "auto" and "MLflow" not in done.stdout and "tracking" not in record
+    bad = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", "--tracking=wandb",
+                     f"--results_dir={results}")
+    assert bad.returncode == 2 and bad.stderr == "error: --tracking=wandb: expected one of auto, mlflow, none\n"
+
+
+@needs_mlflow
+def test_a_tracked_run_is_an_mlflow_run_with_its_constants_metrics_per_class_and_files(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    results = tmp_path / "results"
+    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, "--tracking=mlflow",
+                      f"--results_dir={results}", env={"MLFLOW_TRACKING_URI": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder, record = only_record(results)
+    tracked = record["tracking"]["mlflow"]
+    assert tracked["tracking_uri"] == f"sqlite:///{results}/mlflow.db"  # the embedded default, beside the runs
+    assert f"tracked in MLflow: run {tracked['run_id']}" in done.stdout
+    client = MlflowClient(tracked["tracking_uri"])
+    found = client.get_run(tracked["run_id"])
+    assert found.info.status == "FINISHED" and found.info.run_name == record["run_id"]
+    assert client.get_experiment(found.info.experiment_id).name == "mobilenet"
+    assert found.data.params["SEED"] == "42" and found.data.params["HEAD"] == "[]"
+    assert len(found.data.params) == len(record["config"])
+    history = client.get_metric_history(tracked["run_id"], "transfer/val_accuracy")
+    assert [m.step for m in history] == [0, 1]
+    assert history[-1].value == pytest.approx(record["phases"]["transfer"]["val_accuracy"])
+    final = found.data.metrics
+    assert final["final/accuracy"] == pytest.approx(record["final"]["accuracy"])
+    for name, scores in record["final"]["per_class"].items():
+        assert final[f"final/{name}/recall"] == pytest.approx(scores["recall"])
+    files = {a.path for a in client.list_artifacts(tracked["run_id"])}
+    assert {"record.json", "report.html", "model.keras", "labels.txt", "learning_curves.png"} <= files
+
+
+@needs_mlflow
+def test_a_tracking_server_that_does_not_answer_costs_a_warning_and_the_run_completes(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    results = tmp_path / "results"
+    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, f"--results_dir={results}",
+                      env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"warning: MLflow tracking: the MLflow server http://127.0.0.1:{port} does not answer" in done.stdout
+    _, record = only_record(results)
+    assert record["status"] == "complete" and "tracking" not in record
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store: its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_command = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    server = subprocess.Popen([mlflow_command, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("mlflow server did not start in 60 s")
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def rest(url, path, body=None, **query):
+    """MLflow's REST API: GET with `query`, or POST `body` as JSON."""
+    address = f"{url}/api/2.0/mlflow/{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    request = urllib.request.Request(address, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@needs_mlflow
+def test_a_sweep_on_a_tracking_server_is_a_parent_run_with_its_runs_nested(mlflow_server, tmp_path):
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "transferlab.sweep", "mobilenet_transfer.py", "--seeds=2",
+               f"--data_dir={tmp_path / 'photos'}", *TINY, f"--results_dir={results}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (experiment,) = [e for e in rest(mlflow_server, "experiments/search", {"max_results": 10})["experiments"]
+                     if e["name"] == "mobilenet"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    (parent,) = [r for r, t in zip(runs, tags, strict=True) if "transferlab.sweep" in t]
+    children = [r for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == parent["info"]["run_id"]]
+    assert len(runs) == 3 and len(children) == 2 and parent["info"]["status"] == "FINISHED"
+    seeds = sorted(next(p["value"] for p in r["data"]["params"] if p["key"] == "SEED") for r in children)
+    assert seeds == ["0", "1"]
+    for child in children:
+        run_id = child["info"]["run_id"]
+        history = rest(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="transfer/val_accuracy")
+        assert [m["step"] for m in history["metrics"]] == [0, 1]
+        files = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=run_id)["files"]}
+        assert {"record.json", "model.keras"} <= files
+    # Every record keeps its MLflow run, on the server.
+    records = [json.load(open(p)) for p in glob.glob(str(results / "sweeps" / "*" / "mobilenet" / "*" / "record.json"))]
+    assert sorted(r["tracking"]["mlflow"]["run_id"] for r in records) == sorted(c["info"]["run_id"] for c in children)
+    assert {r["tracking"]["mlflow"]["tracking_uri"] for r in records} == {mlflow_server}
