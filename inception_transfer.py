@@ -63,7 +63,7 @@ root = folders.find(sources.data_dir(DATA_DIR))  # a mistyped folder is said bef
 backbone, backbone_info = exp.backbone(BACKBONE, IMAGE_SIZE, WEIGHTS, cut_at=CUT_LAYER, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data: the folder's images (<class>/, or train/ and optional validation/, test/), decoded a batch at a time.
-*splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT, DROP_DUPLICATES)
+*splits, source = folders.read_folder(root, IMAGE_SIZE, VALIDATION_SPLIT, DROP_DUPLICATES, later=True)
 task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 

@@ -110,8 +110,11 @@ size = IMAGE_SIZE or backbones.family(BACKBONE).native
 backbone, backbone_info = exp.backbone(BACKBONE, size, WEIGHTS, fine_tune_at=FINE_TUNE_AT)
 
 # 2. Data, uint8 RGB at the input size: a folder's files, decoded a batch at a time, or MNIST's digits in memory.
-*splits, source = (folders.read_folder(root, size, VALIDATION_SPLIT, DROP_DUPLICATES) if DATASET == "folder" else
-                   sources.mnist_as_rgb(sources.data_dir(DATA_DIR), size, VALIDATION_SPLIT, exp.seed))
+#    The same photo in two splits is looked for meanwhile (later=True): the record says what was found.
+if DATASET == "folder":
+    *splits, source = folders.read_folder(root, size, VALIDATION_SPLIT, DROP_DUPLICATES, later=True)
+else:
+    *splits, source = sources.mnist_as_rgb(sources.data_dir(DATA_DIR), size, VALIDATION_SPLIT, exp.seed)
 task, CLASS_WEIGHTS = tasks.training_task(*splits, source, SAMPLES_PER_CLASS, CLASS_WEIGHT, exp.seed)
 
 

@@ -79,6 +79,20 @@ def test_a_run_records_warns_and_on_request_drops_the_later_copies(leaky_folder,
     assert dropped["duplicates"]["dropped"] == 2 and dropped["sha256"] != info["sha256"]
 
 
+def test_looked_for_in_the_background_they_are_what_a_direct_search_finds_said_when_settled(leaky_folder, capsys):
+    *_, direct = folders.read_folder(str(leaky_folder), 16, 0.2)
+    capsys.readouterr()
+    *_, info = folders.read_folder(str(leaky_folder), 16, 0.2, later=True)
+    assert isinstance(info["duplicates"], duplicates.Pending) and capsys.readouterr().out.count("duplicates") == 0
+    settled = folders.settled(info)
+    assert "warning: 1 exact and 1 near duplicates across splits" in capsys.readouterr().out
+    strip = lambda section: {k: v for k, v in section.items() if k != "seconds"}  # noqa: E731
+    assert strip(settled["duplicates"]) == strip(direct["duplicates"])
+    assert folders.settled(settled) is settled  # nothing pending: as it was
+    # Dropping them needs them before the splits are cut: never in the background.
+    *_, dropped = folders.read_folder(str(leaky_folder), 16, 0.2, drop_duplicates=True, later=True)
+    assert dropped["duplicates"]["dropped"] == 2
+
 def test_the_duplicates_command_lists_the_pairs(leaky_folder):
     result = subprocess.run([sys.executable, "-m", "transferlab.duplicates", str(leaky_folder)], capture_output=True,
                             text=True, timeout=300, env={**os.environ})

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, make_image_folder
 
@@ -38,6 +39,19 @@ def test_unknown_backbones_are_one_line():
         leaderboard.parse_backbones("EfficientNetLite9")
 
 
+def test_batch_one_timings_take_every_file_in_turn_each_round_and_keep_the_median():
+    calls = []
+
+    def runner(key):
+        return lambda x: calls.append(key)
+
+    one = np.zeros((1, 4, 4, 3), np.float32)
+    ms = leaderboard.interleaved_ms({"a": (runner("a"), one), "b": (runner("b"), one)}, rounds=3)
+    per_call = 21  # export.latency: one call to warm up, then the median of 20
+    assert calls == (["a"] * per_call + ["b"] * per_call) * 3
+    assert set(ms) == {"a", "b"} and all(value >= 0 for value in ms.values())
+
+
 def test_a_leaderboard_of_two_backbones_on_a_folder(tmp_path):
     make_image_folder(tmp_path / "photos", per_class=10)
     results = tmp_path / "results"
@@ -55,7 +69,8 @@ def test_a_leaderboard_of_two_backbones_on_a_folder(tmp_path):
         assert 0 <= row["val_interval"][0] <= row["val_accuracy"] <= row["val_interval"][1] <= 1
         assert row["features"] in (576, 1024) and row["weights"] == "random" and row["input_size"] == 32
         assert row["int8_bytes"] < row["tflite_bytes"] and row["tflite_ms"] > 0 and row["frozen_images_per_second"] > 0
-        assert 1 <= row["probe_epochs"] <= leaderboard.PROBE_EPOCHS
+        assert 1 <= row["probe_epochs"] <= leaderboard.PROBE_EPOCHS and row["latency_rounds"] == leaderboard.ROUNDS
+    assert "== batch-1 timings: every TFLite file in turn" in result.stdout
     assert record["recommended"]["backbone"] in record["phases"]
     assert {"leaderboard.md", "leaderboard.png"} <= set(os.listdir(folder))
     assert f"recommended: {record['recommended']['backbone']}, the fastest" in result.stdout

@@ -44,8 +44,9 @@ def _cache_path():
     return os.path.join(files.cache_dir(), "hashes.json")
 
 
-def hash_files(paths):
-    """{path: (sha256, phash hex)} of `paths`, from the cache when a file's size and mtime are unchanged."""
+def hash_files(paths, shown=True):
+    """{path: (sha256, phash hex)} of `paths`, from the cache when a file's size and mtime are unchanged; the
+    progress `shown` (not from a thread in the background, whose lines would cut into the run's)."""
     cached = {}
     try:
         with open(_cache_path(), encoding="utf-8") as f:
@@ -66,11 +67,11 @@ def hash_files(paths):
         except (OSError, ValueError):  # unreadable by Pillow: not comparable
             return path, [stat.st_size, stat.st_mtime_ns, None, None]
 
-    with progress.Progress("hashed", len(stale)) as shown, \
+    with progress.Progress("hashed", len(stale) if shown else 0) as counted, \
             concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
         for path, entry in pool.map(hashed, stale):
             cached[os.path.abspath(path)] = entry
-            shown.add(1)
+            counted.add(1)
     fresh = len(stale)
     found = {path: tuple(cached[os.path.abspath(path)][2:]) for path in paths}
     if fresh:
@@ -104,13 +105,13 @@ def _near_pairs(a_paths, b_paths, hashed, near):
                 yield a_paths[row], b, bits
 
 
-def find(splits, near=NEAR):
+def find(splits, near=NEAR, shown=True):
     """Pairs of files in different splits that are the same photo. `splits`: {split: [path, ...]}. Returns
     {"exact": count, "near": count, "pairs": [{"a", "b", "splits", "kind", "bits"}, ...] (the first
     PAIRS_KEPT, exact first), "seconds"}; each pair's `b` is the copy in the later split."""
     start = time.perf_counter()
     order = [s for s in SPLITS if splits.get(s)]
-    hashed = hash_files([p for s in order for p in splits[s]])
+    hashed = hash_files([p for s in order for p in splits[s]], shown)
     pairs = []
     for i, first in enumerate(order):
         for second in order[i + 1:]:
@@ -134,6 +135,19 @@ def find(splits, near=NEAR):
     return {"exact": sum(p["kind"] == "exact" for p in pairs), "near": sum(p["kind"] == "near" for p in pairs),
             "near_bits": near, "pairs": pairs[:PAIRS_KEPT], "later_copies": sorted({p["b"] for p in pairs}),
             "seconds": round(time.perf_counter() - start, 3)}
+
+
+class Pending:
+    """`find` of `splits` running in a thread of its own from now on; `result()` waits for it (and raises what
+    it raised)."""
+
+    def __init__(self, splits, near=NEAR):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="duplicates")
+        self._future = self._pool.submit(find, splits, near, False)
+        self._pool.shutdown(wait=False)
+
+    def result(self):
+        return self._future.result()
 
 
 def describe(found, root=None):

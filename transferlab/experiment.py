@@ -28,6 +28,7 @@ from transferlab import (
     config,
     distribute,
     files,
+    folders,
     images,
     litert,
     metrics,
@@ -130,6 +131,7 @@ class Experiment:
         """The run's record (Run) around its phases, inside the strategy's scope. `data` is the record's data
         section, `backbone` the backbone's (backbones.load); `later_constants` the script's LATER_CONSTANTS. A run
         that ends well leaves its learning curves and prints its summary table."""
+        data = folders.settled(data)  # an image folder's duplicates, looked for while the choice went on
         inputs = {phase: [name for name in self.config if name not in (*later, *NOT_INPUTS)]
                   for phase, later in (later_constants or {}).items()}
         sections = {"distribute": distribute.describe(self.strategy, batch_size),

@@ -156,14 +156,16 @@ def listing(found, validation_split):
     return splits, [(p, "not an image file") for p in not_images]
 
 
-def read_folder(directory, image_size, validation_split, drop_duplicates=False):
+def read_folder(directory, image_size, validation_split, drop_duplicates=False, later=False):
     """((x_train, y_train), (x_val, y_val), test, info) from an image folder in either layout (see above); test
     is (x_test, y_test) when there is a test/ folder, else None. Each x is an images.Files of the readable files
     (uint8 RGB at image_size x image_size when a pipeline decodes them), so memory does not grow with the
     folder: one pass (`pipelines.scan`) finds the files that cannot be decoded, and they are skipped. info goes
     into the record: where the data came from, its layout, a hash of the files used, class names, counts,
     skipped files, and the duplicates across splits (duplicates.find; with `drop_duplicates`, their copies in
-    validation and test are left out)."""
+    validation and test are left out). `later` (and not dropping them): the duplicates are looked for in a
+    thread while the caller goes on (a folder's first hashing pass takes seconds, beside the backbone's
+    conversion it costs next to nothing); info["duplicates"] is then a duplicates.Pending until `settled`."""
     found = layout(directory)
     if not found.validation:
         check(0 < validation_split < 1, f"--validation_split={validation_split}: must be in (0, 1) when "
@@ -179,7 +181,9 @@ def read_folder(directory, image_size, validation_split, drop_duplicates=False):
         files[split] = [(paths[i], os.path.getsize(paths[i]), labels[i]) for i in kept]
         modes += [sources.image_mode(p) for p, _, _ in files[split]]
         splits[split] = ([paths[i] for i in kept], [labels[i] for i in kept])
-    found_duplicates = duplicates.find({split: paths for split, (paths, _) in splits.items()})
+    listed = {split: paths for split, (paths, _) in splits.items()}
+    pending = duplicates.Pending(listed) if later and not drop_duplicates else None
+    found_duplicates = duplicates.find(listed) if pending is None else None
     dropped = set(found_duplicates["later_copies"]) if drop_duplicates else set()
     for split, (paths, labels) in splits.items():
         if split != "train" and dropped:
@@ -198,9 +202,10 @@ def read_folder(directory, image_size, validation_split, drop_duplicates=False):
         shown = ", ".join(f"{os.path.relpath(p, directory)} ({why})" for p, why in skipped[:10])
         more = f" and {len(skipped) - 10} more (all in the record)" if len(skipped) > 10 else ""
         print(f"warning: skipped {len(skipped)} files: {shown}{more}")
-    warning = duplicates.describe(found_duplicates, directory)
-    if warning:
-        print(warning + (f"; dropped {len(dropped)} from validation and test" if dropped else ""))
+    if pending is None:
+        warning = duplicates.describe(found_duplicates, directory)
+        if warning:
+            print(warning + (f"; dropped {len(dropped)} from validation and test" if dropped else ""))
     held_from = "train/" if found.kind == "split folders" else "each class"
     validation = (f"{os.path.basename(found.validation)}/ folder" if found.validation
                   else f"{validation_split:g} of {held_from}, by file hash")
@@ -215,9 +220,26 @@ def read_folder(directory, image_size, validation_split, drop_duplicates=False):
         "skipped_files": [{"path": os.path.relpath(p, directory), "reason": why} for p, why in skipped],
         "converted_images": converted,  # {colour mode: count} of images converted to RGB
         "scan_seconds": round(seconds, 3),
-        "duplicates": {**{k: v for k, v in found_duplicates.items() if k not in ("pairs", "later_copies")},
-                       "pairs": [{**pair, "a": os.path.relpath(pair["a"], directory),
-                                  "b": os.path.relpath(pair["b"], directory)} for pair in found_duplicates["pairs"]],
-                       "dropped": len(dropped)},
+        "duplicates": pending or duplicates_section(found_duplicates, directory, len(dropped)),
     }
     return arrays["train"], arrays["validation"], arrays.get("test"), info
+
+
+def duplicates_section(found, directory, dropped=0):
+    """The data section's "duplicates": duplicates.find's counts and pairs, paths relative to `directory`."""
+    return {**{k: v for k, v in found.items() if k not in ("pairs", "later_copies")},
+            "pairs": [{**pair, "a": os.path.relpath(pair["a"], directory), "b": os.path.relpath(pair["b"], directory)}
+                      for pair in found["pairs"]],
+            "dropped": dropped}
+
+
+def settled(info):
+    """`info` (read_folder's) with its duplicates found: waits for a `later` search, and says what it found."""
+    pending = info.get("duplicates")
+    if not isinstance(pending, duplicates.Pending):
+        return info
+    found = pending.result()
+    warning = duplicates.describe(found, info["source"])
+    if warning:
+        print(warning)
+    return {**info, "duplicates": duplicates_section(found, info["source"])}
