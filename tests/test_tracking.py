@@ -23,10 +23,23 @@ TINY = ["--weights=None", "--image_size=32", "--head=[]", "--epochs=2", "--head_
         "--run_scratch=False"]
 
 
-def only_record(results):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_run(tmp_path, *more, env=None):
+    """A tiny mobilenet run on a two-class folder, MLFLOW_TRACKING_URI unset unless `env` sets it: (the finished
+    process, its folder, its record)."""
+    make_image_folder(tmp_path / "photos", bad_files=False)
+    results = tmp_path / "results"
+    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, *more,
+                      f"--results_dir={results}", env={"MLFLOW_TRACKING_URI": "", **(env or {})})
+    assert done.returncode == 0, done.stderr[-3000:]
     (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
     with open(path) as f:
-        return os.path.dirname(path), json.load(f)
+        return done, os.path.dirname(path), json.load(f)
 
 
 def hparams_sessions(folder):
@@ -48,17 +61,12 @@ def hparams_sessions(folder):
 
 
 def test_a_run_writes_its_constants_as_a_tensorboard_hparams_session_and_says_no_tracker(tmp_path):
-    make_image_folder(tmp_path / "photos", bad_files=False)
-    results = tmp_path / "results"
-    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, "--seed=3",
-                      f"--results_dir={results}", env={"MLFLOW_TRACKING_URI": ""})
-    assert done.returncode == 0, done.stderr[-3000:]
-    folder, record = only_record(results)
+    done, folder, record = tiny_run(tmp_path, "--seed=3")
     (session,) = hparams_sessions(os.path.join(folder, "tensorboard"))
     assert session["SEED"] == 3 and session["IMAGE_SIZE"] == 32 and session["HEAD"] == "[]"
     assert session["TRACKING"] == "auto" and "MLflow" not in done.stdout and "tracking" not in record
     bad = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", "--tracking=wandb",
-                     f"--results_dir={results}")
+                     f"--results_dir={tmp_path / 'results'}")
     assert bad.returncode == 2 and bad.stderr == "error: --tracking=wandb: expected one of auto, mlflow, none\n"
 
 
@@ -66,14 +74,9 @@ def test_a_run_writes_its_constants_as_a_tensorboard_hparams_session_and_says_no
 def test_a_tracked_run_is_an_mlflow_run_with_its_constants_metrics_per_class_and_files(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    make_image_folder(tmp_path / "photos", bad_files=False)
-    results = tmp_path / "results"
-    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, "--tracking=mlflow",
-                      f"--results_dir={results}", env={"MLFLOW_TRACKING_URI": ""})
-    assert done.returncode == 0, done.stderr[-3000:]
-    folder, record = only_record(results)
+    done, folder, record = tiny_run(tmp_path, "--tracking=mlflow")
     tracked = record["tracking"]["mlflow"]
-    assert tracked["tracking_uri"] == f"sqlite:///{results}/mlflow.db"  # the embedded default, beside the runs
+    assert tracked["tracking_uri"] == f"sqlite:///{tmp_path / 'results'}/mlflow.db"  # embedded, beside the runs
     assert f"tracked in MLflow: run {tracked['run_id']}" in done.stdout
     client = MlflowClient(tracked["tracking_uri"])
     found = client.get_run(tracked["run_id"])
@@ -94,25 +97,16 @@ def test_a_tracked_run_is_an_mlflow_run_with_its_constants_metrics_per_class_and
 
 @needs_mlflow
 def test_a_tracking_server_that_does_not_answer_costs_a_warning_and_the_run_completes(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    make_image_folder(tmp_path / "photos", bad_files=False)
-    results = tmp_path / "results"
-    done = run_script("mobilenet_transfer.py", f"--data_dir={tmp_path / 'photos'}", *TINY, f"--results_dir={results}",
-                      env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    port = free_port()  # nobody listens on it
+    done, _, record = tiny_run(tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
     assert f"warning: MLflow tracking: the MLflow server http://127.0.0.1:{port} does not answer" in done.stdout
-    _, record = only_record(results)
     assert record["status"] == "complete" and "tracking" not in record
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 with a SQLite store: its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mlflow_command = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     server = subprocess.Popen([mlflow_command, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
