@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import types
 
@@ -16,7 +17,7 @@ import transferlab.runtime  # noqa: F401 (quiet TensorFlow start)
 import keras
 import numpy as np
 import pytest
-from conftest import SHARED, run_script
+from conftest import ROOT, SHARED, run_script
 
 from transferlab import backbones, efficientnet_lite, models, pipelines
 from transferlab.classifier import Classifier
@@ -116,6 +117,34 @@ def test_the_scripts_take_any_backbone_and_its_native_size(image_folder, tmp_pat
     help_text = run_script("mobilenet_transfer.py", "--help").stdout
     assert "--image_size=None" in help_text and "else the backbone's native size" in help_text
 
+
+@pytest.mark.all_backbones
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_every_path_for_every_family(name, image_folder, tmp_path):
+    # A run with all three phases (the frozen pass in LiteRT, fine-tuning on its cached activations, scratch),
+    # then predict on a photo and a checked float .tflite export of the run's model.
+    size = backbones.family(name).smallest
+    results = tmp_path / "results"
+    done = run_script("mobilenet_transfer.py", f"--data_dir={image_folder}", "--weights=None", f"--backbone={name}",
+                      f"--image_size={size}", "--head=[]", "--epochs=1", "--fine_tune_epochs=1", "--run_scratch=True",
+                      "--scratch_epochs=1", "--tensorboard=False", f"--results_dir={results}", timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = glob.glob(str(results / "mobilenet" / "*" / "record.json"))
+    record, folder = json.load(open(path)), os.path.dirname(path)
+    assert record["status"] == "complete" and list(record["phases"]) == ["transfer", "fine_tune", "scratch"]
+    transfer, fine_tune = record["phases"]["transfer"], record["phases"]["fine_tune"]
+    assert transfer["inference_runtime"] == "litert" and transfer["feature_cache"] == "miss"
+    assert fine_tune["train_samples"] == transfer["train_samples"]
+    photo = sorted(glob.glob(str(image_folder / "validation" / "class_a" / "*.png")))[0]
+    predicted = subprocess.run([sys.executable, "-m", "transferlab.predict", folder, photo], capture_output=True,
+                               text=True, timeout=600, cwd=ROOT)
+    assert predicted.returncode == 0 and ("class_a" in predicted.stdout or "class_b" in predicted.stdout), \
+        predicted.stderr[-2000:]
+    exported = subprocess.run([sys.executable, "-m", "transferlab.export", folder, "--format=tflite"],
+                              capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    (entry,) = json.load(open(os.path.join(folder, "export", "export.json"))).values()
+    assert entry["passed"] is True and entry["format"] == "tflite" and entry["metadata"]["labels"] == 2
 
 def write_legacy_pth(path, tensors, monkeypatch):
     """{name: float32 array} as PyTorch's legacy (non-zip) state-dict file, written without torch: the pickles

@@ -176,3 +176,13 @@ def test_a_sweep_without_vary_runs_the_defaults_once_per_seed_and_groups_them(tm
         "[1/3] --seed=0", "[2/3] --seed=1", "[3/3] --seed=2"]
     assert "60.00% ± 10.00" in result.stdout  # one row: the mean and std of the seeds' 50, 60, 70%
     assert not glob.glob(str(tmp_path / "results" / "sweeps" / "*" / "sweep.png"))  # nothing varied to plot against
+
+
+@pytest.mark.parametrize("flag, said", [
+    ("--address=127.0.0.1:6379", "error: --address is for --engine=ray"),
+    ("--tracking=wandb", "error: --tracking=wandb: expected one of auto, mlflow, none"),
+])
+def test_a_sweep_refuses_an_engine_or_tracker_it_does_not_have_in_one_line(flag, said, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "transferlab.sweep", "mnist_transfer.py", flag,
+                             f"--results_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == said + "\n" and not os.listdir(tmp_path)

@@ -238,6 +238,9 @@ def main(argv=None):
     varied = dict(parse_vary(v) for v in args.vary)
     if args.address and args.engine != "ray":
         raise SystemExit("error: --address is for --engine=ray")
+    setting = next((a.split("=", 1)[1] for a in passed if a.startswith("--tracking=")), "auto")
+    if setting not in tracking.SETTINGS:
+        raise SystemExit(f"error: --tracking={setting}: expected one of {', '.join(tracking.SETTINGS)}")
     results_dir = next((a.split("=", 1)[1] for a in passed if a.startswith("--results_dir=")), "results")
     if args.engine == "ray":  # every node finds the folder by the same absolute path
         results_dir = os.path.abspath(results_dir)
@@ -246,7 +249,6 @@ def main(argv=None):
     grid = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
     runs = [(combination, seed) for combination in grid for seed in range(args.seeds)]
     print(f"sweep of {len(runs)} runs ({len(grid)} combinations x {args.seeds} seeds) in {folder}")
-    setting = next((a.split("=", 1)[1] for a in passed if a.startswith("--tracking=")), "auto")
     stem = os.path.splitext(os.path.basename(args.script))[0]
     parent = tracking.Sweep(setting, folder, stem.removesuffix("_transfer"),  # the runs' experiment name
                             {"script": args.script, "seeds": args.seeds, **{f"vary {k}": v for k, v in varied.items()},
