@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -70,6 +71,13 @@ def mnist_dir(tmp_path):
     folder.mkdir()
     np.savez(folder / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return folder
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (a server a test starts, or one that is not there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_script(script, *args, cwd=None, timeout=600, env=None):

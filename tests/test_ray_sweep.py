@@ -8,14 +8,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                  reason="Ray is optional: pip install -r requirements-ray.txt"),
@@ -24,12 +23,6 @@ pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 # started later would then find it while the head has none. The tests' clusters say which they use.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 EPOCHS = 8  # long enough on the tiny data for a worker to be killed in the middle of a phase
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

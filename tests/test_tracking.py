@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,12 @@ import urllib.request
 
 import pytest
 import tensorflow as tf
-from conftest import ROOT, make_image_folder, run_script
+from conftest import ROOT, free_port, make_image_folder, run_script
 
 needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                                   reason="MLflow is optional: pip install -r requirements-mlflow.txt")
 TINY = ["--weights=None", "--image_size=32", "--head=[]", "--epochs=2", "--head_steps=0", "--fine_tune_epochs=0",
         "--run_scratch=False"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_run(tmp_path, *more, env=None):

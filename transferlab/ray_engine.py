@@ -43,7 +43,7 @@ def unfinished(folder, overrides, wait=30.0):
     while True:
         found, _ = compare.find_records([folder]) if os.path.isdir(folder) else ([], [])
         left = [r for r in found if r["status"] != "complete" and sweep.matches(r, overrides)]
-        alive = [r for r in left if records._process_alive(r)]
+        alive = [r for r in left if records.process_alive(r)]
         if not alive or time.monotonic() > deadline:
             dead = [r for r in left if r not in alive]
             return max(dead, key=lambda r: r["run_id"])["run_id"] if dead else None

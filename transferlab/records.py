@@ -76,7 +76,7 @@ def truncate_history(path, epochs):
         csv.writer(f).writerows(rows[:1] + [row for row in rows[1:] if int(row[0]) < epochs])
 
 
-def _process_alive(record):
+def process_alive(record):
     """Is the process that wrote this record still running (on this machine)?"""
     if record.get("host") != platform.node() or not record.get("pid"):
         return False
@@ -123,7 +123,7 @@ def find_resumable(results_dir, experiment, resume, config):
     if resume == "latest":
         for folder in run_folders(results_dir, experiment):
             record = _read_record(folder)
-            if record and record.get("status") != "complete" and not _process_alive(record):
+            if record and record.get("status") != "complete" and not process_alive(record):
                 break
         else:
             raise UserError(f"--resume=latest: no unfinished {experiment} run in {parent!r} to resume")
@@ -134,7 +134,7 @@ def find_resumable(results_dir, experiment, resume, config):
                             f"(run ids are the folder names in {parent!r}, or use --resume=latest)")
         if record.get("status") == "complete":
             raise UserError(f"--resume={resume}: that run is complete; there is nothing to resume")
-        if _process_alive(record):
+        if process_alive(record):
             raise UserError(f"--resume={resume}: that run is still going (pid {record['pid']}); stop it first")
     ours = {k: v for k, v in config.items() if k != "RESUME"}
     theirs = {k: v for k, v in record["config"].items() if k != "RESUME"}

@@ -59,12 +59,13 @@ def client(tracking_uri):
     return MlflowClient(tracking_uri=tracking_uri), None
 
 
-def experiment_id(mlflow_client, name, results_dir):
-    """The MLflow experiment `name`, made when missing (its artifacts beside a local store's runs)."""
+def experiment_id(mlflow_client, name, tracking_uri, results_dir):
+    """The MLflow experiment `name` in the store at `tracking_uri`, made when missing (a local store's artifacts
+    beside the runs in `results_dir`)."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    local = not uri(results_dir).startswith(("http://", "https://", "databricks"))
+    local = not tracking_uri.startswith(("http://", "https://", "databricks"))
     location = f"file://{os.path.abspath(results_dir)}/mlartifacts" if local else None
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
@@ -114,7 +115,7 @@ class MLflowRun(Tracker):
         if os.environ.get(PARENT_ENV):
             tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         results_dir = os.path.dirname(os.path.dirname(run.dir))
-        made = self.client.create_run(experiment_id(self.client, record["experiment"], results_dir),
+        made = self.client.create_run(experiment_id(self.client, record["experiment"], tracking_uri, results_dir),
                                       run_name=record["run_id"], tags=tags)
         self.run_id = made.info.run_id
         params = [Param(name, param_value(value)) for name, value in record["config"].items()]
@@ -140,9 +141,12 @@ class MLflowRun(Tracker):
         metrics += [Metric(metric_name(f"{name}/{key}"), float(value), now, int(last))
                     for key, value in summary.items() if key.endswith(("accuracy", "loss", "seconds"))
                     and isinstance(value, (int, float)) and key not in history]
+        self.log_metrics(metrics)
+        self.logged.add(name)
+
+    def log_metrics(self, metrics):
         for start in range(0, len(metrics), 1000):  # MLflow takes 1,000 metrics a call
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
-        self.logged.add(name)
 
     def finish(self, run):
         """The phases not logged yet (restored or reused), the final per-class numbers, the artifacts, the end."""
@@ -157,8 +161,7 @@ class MLflowRun(Tracker):
             metrics += [Metric(metric_name(f"final/{label}/{key}"), float(value), now, 0)
                         for label, scores in final["per_class"].items() for key, value in scores.items()
                         if key in ("precision", "recall", "f1")]
-            for start in range(0, len(metrics), 1000):
-                self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+            self.log_metrics(metrics)
         for name in sorted(os.listdir(run.dir)):
             if name in ARTIFACTS or name.endswith(".png"):
                 self.client.log_artifact(self.run_id, run.file(name))
@@ -225,7 +228,7 @@ class Sweep:
             from mlflow.entities import Param
 
             name = os.path.basename(folder)
-            found = experiment_id(self.client, experiment, folder)
+            found = experiment_id(self.client, experiment, tracking_uri, folder)
             earlier = self.client.search_runs([found], f"tags.`transferlab.sweep` = '{name}'", max_results=1)
             if earlier:
                 self.run_id = earlier[0].info.run_id
