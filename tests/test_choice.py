@@ -112,6 +112,11 @@ def test_an_epoch_of_several_passes_sees_every_example_that_often_in_a_fresh_ord
     seen = np.concatenate([b[1].numpy() for b in batches])
     assert len(batches) == 8 and np.bincount(seen).tolist() == [1 * 3] * 10  # ceil(30 / 4) batches
     assert not np.array_equal(seen[:10], seen[10:20])
+    # Epoch 1 is epoch 1 whether the pipeline started there (a resumed run) or went through epoch 0 first.
+    stream = pipelines.epoch_batches(x, y, 4, seed=3, passes=3)
+    second = [np.concatenate([b[1].numpy() for b in stream]) for _ in range(2)][1]
+    resumed = np.concatenate([b[1].numpy() for b in pipelines.epoch_batches(x, y, 4, seed=3, first_epoch=1, passes=3)])
+    assert np.array_equal(second, resumed) and not np.array_equal(second, seen)
     # One pass gives the order it always gave: runs without HEAD_STEPS train as before.
     one = np.concatenate([b[1].numpy() for b in pipelines.epoch_batches(x, y, 4, seed=3)])
     again = np.concatenate([b[1].numpy() for b in pipelines.epoch_batches(x, y, 4, seed=3, passes=1)])

@@ -31,16 +31,15 @@ def epoch_batches(x, y, batch_size, seed, first_epoch=0, passes=1):
     count, y = len(x), tf.convert_to_tensor(y)
     epoch = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False)
 
-    def order(_):
-        number = epoch.assign_add(1)
-        if passes == 1:
-            return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
-                                                            seed=tf.stack([tf.constant(seed, tf.int64), number]))
-        return tf.concat([tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), number * passes + i]))
-            for i in range(passes)], axis=0)
+    def shuffled(key):  # the indices in the order of pass number `key` (epoch * passes + pass)
+        return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                        seed=tf.stack([tf.constant(seed, tf.int64), key]))
 
-    indices = tf.data.Dataset.range(1).map(order).flat_map(lambda o: tf.data.Dataset.from_tensor_slices(o))
+    def epoch_passes(_):  # each pass a dataset element, not an op of one graph: 1,500 passes trace in no time
+        number = epoch.assign_add(1)
+        return tf.data.Dataset.range(passes).map(lambda i: shuffled(number * passes + i))
+
+    indices = tf.data.Dataset.range(1).flat_map(epoch_passes).flat_map(tf.data.Dataset.from_tensor_slices)
     cardinality = tf.data.experimental.assert_cardinality(-(-count * passes // batch_size))
     if isinstance(x, images.Files):  # image files: each decoded in parallel as its batch comes up
         paths = tf.constant(x.paths)
