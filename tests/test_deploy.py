@@ -153,6 +153,10 @@ def export(*args):
                           text=True, timeout=600)
 
 
+# The tests of the exported run share one worker, so the exports (about a minute) are made once.
+ONE_EXPORT = pytest.mark.xdist_group("exported_run")
+
+
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
     """A copy of the tiny run, exported as float and int8 .tflite files (and ONNX, when its packages are here)."""
@@ -165,6 +169,7 @@ def exported_run(trained_run, tmp_path_factory):
     return str(folder), trained_run[1], trained_run[2]
 
 
+@ONE_EXPORT
 def test_each_export_round_trips_and_is_checked_against_the_keras_model(exported_run):
     folder, record, _ = exported_run
     with open(os.path.join(folder, "export", "export.json")) as f:
@@ -175,6 +180,7 @@ def test_each_export_round_trips_and_is_checked_against_the_keras_model(exported
     assert sorted(entries) == sorted([name for _, _, name in cases] + (["model.onnx"] if HAVE_ONNX else []))
 
 
+@ONE_EXPORT
 def test_every_tflite_export_names_its_classes_and_the_check_read_them_back(exported_run):
     folder, record, _ = exported_run
     with open(os.path.join(folder, "export", "export.json")) as f:
@@ -189,6 +195,7 @@ def test_every_tflite_export_names_its_classes_and_the_check_read_them_back(expo
                                              "labels": 2, "input": "RGB", "input_size": [32, 32]}
 
 
+@ONE_EXPORT
 def test_the_model_card_says_what_the_model_is_how_well_it_does_and_how_to_run_each_file(exported_run):
     folder, record, _ = exported_run
     card = open(os.path.join(folder, "export", "README.md")).read()
@@ -205,6 +212,7 @@ def test_the_model_card_says_what_the_model_is_how_well_it_does_and_how_to_run_e
     assert record["data"]["sha256"] in card and record["environment"]["command"] in card
 
 
+@ONE_EXPORT
 def test_exporting_a_run_from_before_the_contract_warns_and_says_so_in_the_card(exported_run, tmp_path):
     folder = tmp_path / "old"
     shutil.copytree(exported_run[0], folder, ignore=shutil.ignore_patterns("export"))
@@ -219,6 +227,7 @@ def test_exporting_a_run_from_before_the_contract_warns_and_says_so_in_the_card(
 
 
 @pytest.mark.skipif(not HAVE_MEDIAPIPE, reason="mediapipe (requirements-clients.txt) is not installed")
+@ONE_EXPORT
 def test_mediapipe_and_the_cards_pillow_client_give_predicts_answers_with_the_class_names(exported_run):
     folder, _, photos = exported_run
     result = subprocess.run([sys.executable, "-m", "bench.clients", folder, f"--out={folder}/clients.json"],
@@ -235,6 +244,7 @@ def test_mediapipe_and_the_cards_pillow_client_give_predicts_answers_with_the_cl
     assert exact["agreement_with_predict"] == 1.0 and exact["max_probability_difference"] < 1e-5
 
 
+@ONE_EXPORT
 def test_every_usage_block_of_the_model_card_runs_as_written_and_answers_as_predict(exported_run):
     folder, _, photos = exported_run
     out = os.path.join(folder, "export")

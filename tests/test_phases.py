@@ -1,8 +1,11 @@
+import os
+import signal
+
 import keras
 import numpy as np
 import pytest
 
-from transferlab import backbones, extraction, models, phases, pipelines, records, tasks
+from transferlab import backbones, extraction, models, phases, pipelines, process, records, tasks
 from transferlab.classifier import Classifier
 from transferlab.phases import FitOptions, HeadOptions, StandInRun
 
@@ -52,6 +55,42 @@ def test_nan_loss_stops_training_and_fails_the_phase(tmp_path):
         phases.fit(StandInRun(tmp_path), "nan", tiny_model(), (x, np.zeros(32)),
                    FitOptions(epochs=5, batch_size=8, learning_rate=0.01))
     assert len((tmp_path / "history_nan.csv").read_text().splitlines()) == 2  # header + the one epoch
+
+
+class SignalAt(keras.callbacks.Callback):
+    """Sends itself `count` SIGINTs after step `step` of epoch `epoch`; notes every step and what ran after."""
+
+    def __init__(self, epoch, step, count):
+        super().__init__()
+        self.at, self.count, self.steps, self.after_signals = (epoch, step), count, [], False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        self.steps.append((self.epoch, step))
+        if (self.epoch, step) == self.at:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGINT)
+            self.after_signals = True
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_ctrl_c_in_a_phase_ends_its_step_then_stops_before_the_epoch_counts(tmp_path, count):
+    x = np.random.default_rng(0).random((64, 4)).astype("float32")  # 4 steps an epoch at batch 16
+    run, signals = StandInRun(tmp_path), SignalAt(epoch=1, step=2, count=count)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="signal 2"), process.interrupted_by_signals():
+        phases.fit(run, "demo", tiny_model(), (x, np.arange(64) % 3),
+                   FitOptions(epochs=4, batch_size=16, learning_rate=0.01), validation=(x, np.arange(64) % 3),
+                   more_callbacks=[signals])
+    # One signal: the step it came in finishes, then nothing more runs (no validation, no epoch end);
+    # a second signal raises where it lands.
+    assert signals.after_signals == (count == 1)
+    assert signals.steps == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    assert run.notes == [("demo", 1)]  # the epoch cut short has no checkpoint
+    assert len((tmp_path / "history_demo.csv").read_text().splitlines()) == 2  # header + epoch 1
+    assert signal.getsignal(signal.SIGINT) is before and process._deferred is None
 
 
 def test_features_are_extracted_in_inference_mode_with_frozen_weights():

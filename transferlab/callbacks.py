@@ -74,6 +74,29 @@ class EpochLog(keras.callbacks.Callback):
             print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._start:.1f}s - {shown}", flush=True)
 
 
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM during `fit` (process.deferred_interrupts calls `request`): the running step ends,
+    then KeyboardInterrupt is raised where Keras calls back, before validation or before the epoch's end
+    callbacks, so an epoch cut short writes no history row and no checkpoint. Must come first. Epoch and
+    test hooks only: a per-step hook would make every step wait for Python (see EpochLog)."""
+
+    def __init__(self):
+        super().__init__()
+        self.signum = None
+
+    def request(self, signum):
+        self.signum = signum
+        if self.model is not None:
+            self.model.stop_training = True  # checked after every step
+            self.model.stop_evaluating = True
+
+    def _raise_if_requested(self, *args, **kwargs):
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {self.signum}")
+
+    on_epoch_begin = on_epoch_end = on_test_begin = _raise_if_requested
+
+
 class LearningRateLog(keras.callbacks.Callback):
     """Adds the learning rate of each epoch's last step to its logs (so to the history CSV and the record):
     under a schedule (models.learning_rate_schedule) it changes every step. Must come before the callbacks

@@ -18,7 +18,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transferlab import backbones, callbacks, distribute, extraction, feature_cache, litert, models, pipelines, records
+from transferlab import (
+    backbones,
+    callbacks,
+    distribute,
+    extraction,
+    feature_cache,
+    litert,
+    models,
+    pipelines,
+    process,
+    records,
+)
 
 
 class RunLike(Protocol):
@@ -152,7 +163,9 @@ def fit(run, phase, model, train, options, validation=None, more_callbacks=()):
     else:
         training, validating = options.feed(*train, initial_epoch), validation and options.feed(*validation)
     stop = options.stop_at_val_accuracy and callbacks.StopAtValAccuracy(options.stop_at_val_accuracy)
+    guard = callbacks.StopOnSignal()
     phase_callbacks = [  # in this order: the learning rate is logged, then the CSV row written before the checkpoint
+        guard,
         callbacks.LearningRateLog(),
         fitted,
         keras.callbacks.CSVLogger(history_csv, append=state is not None),
@@ -163,9 +176,10 @@ def fit(run, phase, model, train, options, validation=None, more_callbacks=()):
     if run.tensorboard:  # epoch-level scalars per phase: `tensorboard --logdir results/` shows every run
         phase_callbacks.append(keras.callbacks.TensorBoard(run.file(os.path.join("tensorboard", phase)),
                                                            write_graph=False, profile_batch=0))
-    model.fit(training, epochs=end, initial_epoch=initial_epoch, validation_data=validating, shuffle=False,
-              class_weight=options.class_weight, callbacks=[*phase_callbacks, *more_callbacks],
-              verbose=callbacks.VERBOSE)
+    with process.deferred_interrupts(guard.request):
+        model.fit(training, epochs=end, initial_epoch=initial_epoch, validation_data=validating, shuffle=False,
+                  class_weight=options.class_weight, callbacks=[*phase_callbacks, *more_callbacks],
+                  verbose=callbacks.VERBOSE)
     if not np.all(np.isfinite(fitted.history.get("loss", []))):  # EpochLog stopped it: the phase failed
         raise FloatingPointError(f"phase {phase}: the loss became NaN or infinite in epoch "
                                  f"{fitted.history['epoch'][-1] + 1}; try a lower learning rate")

@@ -20,6 +20,7 @@ from transferlab.errors import UserError
 
 DEBUG = False  # set by --debug: bad input then shows a traceback before its one line
 _cleanups = []
+_deferred = None  # inside `deferred_interrupts`: what a first signal does instead of raising
 
 
 def install():
@@ -94,5 +95,33 @@ def interrupted_by_signals():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def deferred_interrupts(stop):
+    """Inside the block, a first SIGINT or SIGTERM calls `stop(signum)`, which asks a training loop to stop
+    at its next safe point and raise KeyboardInterrupt there, instead of raising wherever Python happens to be:
+    an exception let loose inside TensorFlow's own Python code (a tf.data iterator, a step being dispatched)
+    can leave its native objects half made, and a CI run once aborted on a corrupted heap that way. A second
+    signal raises at once. A signal the loop had no point left to raise at is raised as the block ends."""
+    global _deferred
+    received = []
+
+    def first(signum):
+        received.append(signum)
+        stop(signum)
+
+    _deferred = first
+    try:
+        yield
+    finally:
+        _deferred = None
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]}")
+
+
 def _raise_keyboard_interrupt(signum, frame):
+    global _deferred
+    if _deferred is not None:
+        deferred, _deferred = _deferred, None  # one deferral: a second Ctrl-C stops at once
+        deferred(signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")
