@@ -90,6 +90,25 @@ def test_weights_from_a_file_are_loaded_and_pinned_by_sha256(tmp_path):
         backbones.load("MobileNetV2", 96, str(path))
 
 
+def test_the_same_weights_at_another_size_are_copied_not_read_again(tmp_path, capsys):
+    saved = keras.applications.InceptionV3(input_shape=(75, 75, 3), include_top=False, weights=None)
+    path = tmp_path / "inception.weights.h5"
+    saved.save_weights(path)
+    first = backbones.load("InceptionV3", 80, str(path))
+    path.unlink()  # the second load cannot read the file
+    again, info = backbones.load("InceptionV3", 99, str(path), cut_at="mixed7", like=first)
+    assert info == {**first[1], "input_size": 99, "cut_layer": "mixed7", "layers": len(again.layers)}
+    assert again.output_shape == (None, 4, 4, 768)
+    kept = first[0].weights[:len(again.weights)]  # the cut keeps the first layers, in order
+    for one, other in zip(again.weights, kept, strict=True):
+        assert np.array_equal(one.numpy(), other.numpy())
+    # Random weights copied to another size are the same random weights: no second warning.
+    random = backbones.load("MobileNetV2", 32, None)
+    capsys.readouterr()
+    copy, _ = backbones.load("MobileNetV2", 48, None, like=random)
+    assert capsys.readouterr().out == "" and np.array_equal(copy.weights[0].numpy(), random[0].weights[0].numpy())
+
+
 def test_random_weights_are_said_so_and_bad_requests_are_one_line_errors(tmp_path, monkeypatch, capsys):
     _, info = backbones.load("MobileNetV2", 32, None, alpha=0.35)
     assert info["weights"] == "random" and info["weights_sha256"] is None and info["alpha"] == 0.35

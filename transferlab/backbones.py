@@ -145,9 +145,12 @@ def keras_models_dir():
     return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
 
 
-def load(name, image_size, weights, cut_at=None, **options):
+def load(name, image_size, weights, cut_at=None, like=None, **options):
     """The backbone without its classifier at image_size x image_size RGB (up to the layer `cut_at`, with it:
     `cut`), and where its weights came from.
+
+    `like`: (model, info) this function gave for the same family and `weights` at another size, uncut: its
+    weights are copied (a convolutional network's do not depend on the input size) instead of read again.
 
     `weights` is "imagenet" (Keras's download, cached in ~/.keras/models), a path to a weights file, or
     None (random initialisation, with a warning: there is nothing to transfer). Returns (model, info) with
@@ -155,6 +158,10 @@ def load(name, image_size, weights, cut_at=None, **options):
     """
     application, smallest = family(name).build, family(name).smallest
     check(image_size >= smallest, f"--image_size={image_size}: {name} needs at least {smallest} pixels")
+    if like is not None:
+        model = application(input_shape=(image_size, image_size, 3), include_top=False, weights=None, **options)
+        model.set_weights(like[0].get_weights())
+        return cut_as(model, {**like[1], "input_size": image_size, "layers": len(model.layers)}, cut_at)
     if weights not in (None, "imagenet"):
         check(os.path.isfile(weights), f"weights file {weights!r} not found (--weights=PATH, imagenet or None)")
     try:
@@ -182,10 +189,15 @@ def load(name, image_size, weights, cut_at=None, **options):
         source, digest = os.path.abspath(weights), files.sha256(weights)
     info = {"backbone": name, "input_size": image_size, "weights": source, "weights_sha256": digest,
             "layers": len(model.layers), **options}
-    if cut_at is not None:
-        model = cut(model, cut_at)
-        info.update(cut_layer=cut_at, layers=len(model.layers))
-    return model, info
+    return cut_as(model, info, cut_at)
+
+
+def cut_as(model, info, cut_at):
+    """(`model` cut at the layer `cut_at`, its record section `info` saying so); both as they are for None."""
+    if cut_at is None:
+        return model, info
+    model = cut(model, cut_at)
+    return model, {**info, "cut_layer": cut_at, "layers": len(model.layers)}
 
 
 def size_free(name, backbone):

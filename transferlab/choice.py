@@ -313,8 +313,7 @@ def choose(model, info, twin, train, classes, feed, settings, inference=litert.K
             return backbones.feature_extractor(twin, keras.layers.GlobalAveragePooling2D())
         if size == model.input_shape[1]:  # the backbone as loaded: the run's own frozen pass, its conversion
             return backbones.feature_extractor(model, keras.layers.GlobalAveragePooling2D())
-        fixed, _ = backbones.load(name, size, None)
-        fixed.set_weights(model.get_weights())
+        fixed, _ = backbones.load(name, size, None, like=(model, info))  # the model's weights, not random ones
         return backbones.feature_extractor(fixed, keras.layers.GlobalAveragePooling2D())
 
     tried, counts, kept = measure(extractor, train, classes, feed, settings, inference)

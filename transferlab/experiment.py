@@ -69,6 +69,7 @@ class Experiment:
         self.results_dir = distribute.results_dir(constants["RESULTS_DIR"], self.strategy)
         self.resumed = records.find_resumable(self.results_dir, name, constants["RESUME"], constants)
         self.loaded = None  # (backbone, its record section) of the last `backbone` call
+        self.loaded_whole = None  # ((name, weights), (uncut backbone, section)) of it: a reload at another size copies
         self.choice, self.size_free = None, None  # choice.Choice and the backbone's size-free twin, once chosen
         seed_everything(self.seed, constants["DETERMINISTIC"])
 
@@ -79,11 +80,13 @@ class Experiment:
     def backbone(self, name, image_size, weights, cut_at=None, fine_tune_at=None):
         """(backbone, its record section): backbones.load inside the strategy's scope (its weights are
         variables the strategy must place), then `fine_tune_at` checked against its layers, before any work."""
-        with self.scope():
-            backbone, info = backbones.load(name, image_size, weights, cut_at=cut_at)
+        same = self.loaded_whole if self.loaded_whole and self.loaded_whole[0] == (name, weights) else None
+        with self.scope():  # the same weights at another size (the choice's): copied, not read again
+            whole, whole_info = backbones.load(name, image_size, weights, like=same and same[1])
+            backbone, info = backbones.cut_as(whole, whole_info, cut_at)
         if fine_tune_at is not None:
             backbones.layer_index(backbone, fine_tune_at)
-        self.loaded = backbone, info
+        self.loaded, self.loaded_whole = (backbone, info), ((name, weights), (whole, whole_info))
         return backbone, info
 
     def choose(self, task, feed, training, head, sizes=None, heads=None):
