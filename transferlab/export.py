@@ -103,20 +103,20 @@ def describe(record, labels, model):
 
 
 def export_tflite(model, path, calibration, quantize, info=None):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        def representative():
-            for _, batch in pipelines.stream(calibration, model.input_shape[1:3], model.input_shape[3], batch=1):
-                yield [batch.astype(np.uint8)]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-    with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
-        flatbuffer = converter.convert()
+    with litert.converter(model) as converter:
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            def representative():
+                for _, batch in pipelines.stream(calibration, model.input_shape[1:3], model.input_shape[3], batch=1):
+                    yield [batch.astype(np.uint8)]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+        with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):  # the converter's trace listing
+            flatbuffer = converter.convert()
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
         # The class names inside, where MediaPipe reads them (`info` None: a file only timed, no metadata).
         f.write(flatbuffer if info is None else tflite_metadata.attach(flatbuffer, info))
