@@ -167,6 +167,21 @@ def test_split_cuts_where_one_tensor_crosses_and_computes_the_backbone():
     assert backbones.frozen_bottom(backbone) == (None, None)
 
 
+def test_split_sees_a_shortcut_that_is_an_operation_not_a_layer():
+    # ConvNeXt's residual is `x + y` on Keras tensors: an operation of the graph that model.layers leaves out.
+    inputs = keras.Input((6,))
+    shortcut = keras.layers.Dense(4, name="frozen_dense")(inputs)
+    x = keras.layers.Dense(4, name="frozen_too")(shortcut)
+    x = keras.layers.Dense(4, name="first_trained")(x) + shortcut
+    model = keras.Model(inputs, keras.layers.Dense(2, name="trains")(x))
+    backbones.unfreeze(model, "first_trained")
+    bottom, top = backbones.frozen_bottom(model)  # not after frozen_too: the shortcut crosses there
+    assert bottom.layers[-1].name == "frozen_dense" and [layer.name for layer in top.layers[1:]] == [
+        "frozen_too", "first_trained", "trains"]
+    x = np.random.default_rng(0).uniform(-1, 1, size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(top(bottom(x)), model(x), rtol=1e-6, atol=1e-6)
+
+
 def test_split_never_caches_past_a_layer_that_is_random_while_training():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(4, name="frozen_dense")(inputs)

@@ -291,12 +291,15 @@ def unfreeze(backbone, start, batchnorm_momentum=None):
 
 
 def _tensors_crossing(backbone, index):
-    """The tensors that layers from `index` on take from layers before it, as {id: tensor}."""
-    position = {id(layer): i for i, layer in enumerate(backbone.layers)}
+    """The tensors that the graph from layer `index` on takes from before it, as {id: tensor}. Every operation
+    counts, not only layers: ConvNeXt's residual `x + y` is an operation of the graph that no layer lists."""
+    operations = backbone.operations  # in the graph's order; its layers are these, in the same order
+    position = {id(operation): i for i, operation in enumerate(operations)}
+    start = position[id(backbone.layers[index])]
     crossing = {}
-    for layer in backbone.layers[index:]:
-        for tensor in compat.inbound_tensors(layer):
-            if position.get(id(compat.producer(tensor)), index) < index:
+    for operation in operations[start:]:
+        for tensor in compat.inbound_tensors(operation):
+            if position.get(id(compat.producer(tensor)), start) < start:
                 crossing[id(tensor)] = tensor
     return crossing
 
