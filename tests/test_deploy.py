@@ -159,11 +159,12 @@ ONE_EXPORT = pytest.mark.xdist_group("exported_run")
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
-    """A copy of the tiny run, exported as float and int8 .tflite files (and ONNX, when its packages are here)."""
+    """A copy of the tiny run, exported as a SavedModel, float and int8 .tflite files (and ONNX, when its packages
+    are here)."""
     folder = tmp_path_factory.mktemp("deploy") / "run"
     shutil.copytree(trained_run[0], folder, ignore=shutil.ignore_patterns("export"))
     onnx = [["--format=onnx"]] if HAVE_ONNX else []
-    for args in (["--format=tflite"], ["--format=tflite", "--quantize=int8"], *onnx):
+    for args in (["--format=saved_model"], ["--format=tflite"], ["--format=tflite", "--quantize=int8"], *onnx):
         result = export(folder, *args)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return str(folder), trained_run[1], trained_run[2]
@@ -174,10 +175,16 @@ def test_each_export_round_trips_and_is_checked_against_the_keras_model(exported
     folder, record, _ = exported_run
     with open(os.path.join(folder, "export", "export.json")) as f:
         entries = json.load(f)
-    cases = [("tflite", "none", "model.tflite"), ("tflite", "int8", "model-int8.tflite")]
+    cases = [("saved_model", "none", "saved_model"), ("tflite", "none", "model.tflite"),
+             ("tflite", "int8", "model-int8.tflite")]
     for fmt, quantize, name in cases + ([("onnx", "none", "model.onnx")] if HAVE_ONNX else []):
         check_export_entry(entries[name], record, os.path.join(folder, "export"), fmt, quantize, name)
     assert sorted(entries) == sorted([name for _, _, name in cases] + (["model.onnx"] if HAVE_ONNX else []))
+    # The SavedModel's second endpoint on the files' own bytes (PNG and JPEG, of other sizes than the model's
+    # 32 px), decoded and resized inside as the run's pipeline did: the same answers.
+    by_files = entries["saved_model"]["classify_images"]
+    assert by_files["images"] == 10 and by_files["top1_agreement"] == 1.0
+    assert by_files["max_probability_difference"] < 1e-6
 
 
 @ONE_EXPORT
@@ -256,7 +263,7 @@ def test_every_usage_block_of_the_model_card_runs_as_written_and_answers_as_pred
     card = open(os.path.join(out, "README.md")).read()
     pixels = next(code for code in re.findall(r"```python\n(.*?)```", card, re.S) if "def pixels(" in code)
     usages = dict(re.findall(r"### (.+?)\n\n```python\n(.*?)```", card, re.S))
-    assert {"Keras", "LiteRT", "MediaPipe"} <= set(usages)
+    assert {"Keras", "TensorFlow SavedModel", "LiteRT", "MediaPipe"} <= set(usages)
     for title, code in usages.items():
         if title == "MediaPipe" and not HAVE_MEDIAPIPE:
             continue

@@ -3,7 +3,8 @@
     python -m transferlab.export RUN --format=saved_model|tflite|onnx [--quantize=none|float16|dynamic|int8]
 
 RUN is a run folder, a run id or `latest` (as for transferlab.predict). The export goes into RUN/export/:
-`saved_model/` (Keras's model.export: a serving signature that takes the raw uint8 images), `model.tflite` or
+`saved_model/` (Keras's export archive: `serve` takes uint8 images at the model's size, `classify_images` encoded
+image files of any size, decoded and resized inside by the pixel contract), `model.tflite` or
 `model-<quantize>.tflite` (TensorFlow's LiteRT converter; int8 calibrated on a few hundred training images)
 with `labels.txt` beside it, or `model.onnx` (Keras's ONNX export; its packages are in requirements-onnx.txt).
 
@@ -11,7 +12,8 @@ The check: the run's validation images (or --images=FOLDER of <class>/ folders) 
 with that format's own runtime (tf.saved_model.load, the LiteRT interpreter with XNNPACK, onnxruntime) and
 through the Keras model. export/export.json records, per file: format, quantization, size, sha256, top-1
 agreement, the largest probability difference, each one's accuracy, and per-image latency at batch 1 and 32.
-A float export must agree on top-1 for >= 99.9% of the images with probabilities within 1e-4; a quantized
+A float export must agree on top-1 for >= 99.9% of the images with probabilities within 1e-4 (a SavedModel's
+`classify_images` too, on the files' bytes); a quantized
 one must not lose more than --allow_accuracy_drop points (default 2). One that fails is kept under a name
 that says so, and the command exits 1. Bad input: one line, exit 2.
 """
@@ -76,10 +78,27 @@ def sample(paths, labels, count, seed=0):
 
 
 def export_saved_model(model, path):
+    """`model` as a SavedModel with two endpoints: `serve`, the model on uint8 pixels at its input size (as
+    Keras's model.export makes it), and `classify_images`, on encoded image files of any size (JPEG, PNG, GIF,
+    BMP, WebP), decoded and resized inside by the pixel contract: the client sends the file's bytes and needs no
+    resizing code of its own. (the `serve` function, the `classify_images` function) on numpy batches."""
+    height, width, channels = model.input_shape[1:]
+    pixels = tf.TensorSpec((None, height, width, channels), model.inputs[0].dtype)
+
+    def classify_images(encoded):
+        decoded = tf.map_fn(lambda raw: images.resize(images.decode(raw, channels), (height, width)), encoded,
+                            fn_output_signature=tf.TensorSpec((height, width, channels), tf.uint8))
+        return model(tf.cast(decoded, pixels.dtype), training=False)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[pixels])
+    archive.add_endpoint("classify_images", classify_images, input_signature=[tf.TensorSpec((None,), tf.string)])
     with contextlib.redirect_stdout(io.StringIO()):
-        model.export(path, format="tf_saved_model", verbose=False)
-    loaded = tf.saved_model.load(path)  # kept by the closure: its variables die with it
-    return lambda x: np.asarray(loaded.serve(tf.constant(x)), dtype=np.float32)
+        archive.write_out(path, verbose=False)
+    loaded = tf.saved_model.load(path)  # kept by the closures: its variables die with it
+    return (lambda x: np.asarray(loaded.serve(tf.constant(x)), dtype=np.float32),
+            lambda encoded: np.asarray(loaded.classify_images(tf.constant(encoded)), dtype=np.float32))
 
 
 def describe(record, labels, model):
@@ -192,8 +211,34 @@ def compare(keras_model, exported, paths, labels):
     return result
 
 
+def compare_files(keras_model, classify, paths):
+    """A SavedModel's `classify_images` on the files' own bytes against the Keras model on the contract's pixels:
+    the images both decode, top-1 agreement, largest probability difference."""
+    found = {"images": 0, "top1_agreement": 0.0, "max_probability_difference": 0.0}
+    agreeing = 0
+    for indices, x in pipelines.stream(paths, keras_model.input_shape[1:3], keras_model.input_shape[3], batch=32):
+        ours = np.asarray(keras_model.predict_on_batch(x), dtype=np.float32)
+        encoded = []
+        for i in indices:
+            with open(paths[i], "rb") as f:
+                encoded.append(f.read())
+        theirs = classify(encoded)
+        agreeing += int(np.sum(ours.argmax(1) == theirs.argmax(1)))
+        found["images"] += len(indices)
+        found["max_probability_difference"] = max(found["max_probability_difference"],
+                                                  float(np.abs(ours - theirs).max()))
+    found["top1_agreement"] = round(agreeing / max(found["images"], 1), 6)
+    return found
+
+
 def passed(entry, allow_drop):
     """(passed, why not)."""
+    by_files = entry.get("classify_images")
+    if by_files is not None and not (by_files["top1_agreement"] >= FLOAT_AGREEMENT
+                                     and by_files["max_probability_difference"] <= FLOAT_TOLERANCE):
+        return False, (f"classify_images on the files: top-1 agreement {by_files['top1_agreement']:.2%} (needs >= "
+                       f"99.9%), largest probability difference {by_files['max_probability_difference']:.1e} "
+                       f"(needs <= 1e-4)")
     if entry["quantization"] == "none":
         ok = entry["top1_agreement"] >= FLOAT_AGREEMENT and entry["max_probability_difference"] <= FLOAT_TOLERANCE
         return ok, (f"top-1 agreement {entry['top1_agreement']:.2%} (needs >= 99.9%), largest probability "
@@ -247,13 +292,15 @@ def main(argv=None):
         shutil.copyfile(os.path.join(folder, files.LABELS), os.path.join(out, files.LABELS))
     elif args.format == "saved_model":
         shutil.rmtree(path, ignore_errors=True)
-        exported = export_saved_model(model, path)
+        exported, classify = export_saved_model(model, path)
     else:
         exported = export_onnx(model, path)
     size = (sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
             if os.path.isdir(path) else os.path.getsize(path))
     entry = {"file": name, "format": args.format, "quantization": args.quantize, "bytes": size,
              "sha256": None if os.path.isdir(path) else files.sha256(path), **compare(model, exported, paths, labels)}
+    if args.format == "saved_model":
+        entry["classify_images"] = compare_files(model, classify, paths)
     ok, why = passed(entry, args.allow_accuracy_drop)
     if args.format == "tflite":
         entry["metadata"], problems = check_metadata(path, info)

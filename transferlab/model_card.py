@@ -46,7 +46,10 @@ probabilities = model.predict(pixels("photo.jpg")[None])[0]''',
     "saved_model": '''import tensorflow as tf
 
 model = tf.saved_model.load("saved_model")
-probabilities = model.serve(tf.constant(pixels("photo.jpg")[None])).numpy()[0]''',
+probabilities = model.serve(tf.constant(pixels("photo.jpg")[None])).numpy()[0]
+# Or the file's own bytes, any size: decoded and resized inside, by the contract (TensorFlow Serving's way).
+with open("photo.jpg", "rb") as f:
+    probabilities = model.classify_images(tf.constant([f.read()])).numpy()[0]''',
     "tflite": '''from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
 
 interpreter = Interpreter(model_path="{file}")
