@@ -54,14 +54,10 @@ def test_litert_features_equal_keras_within_1e_4(build, private_litert):
 
 def test_the_lean_conversion_computes_what_keras_own_conversion_does_bit_for_bit(tmp_path, monkeypatch):
     # litert.converter saves one function, not Keras's whole export archive: the same file, in half the time.
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    tempfile.tempdir = None  # read TMPDIR again
-    try:
-        model = mobilenet_small()  # BatchNorm and Dropout: inference mode in both
-        ours = litert.Runner(content=litert.convert(model))
-        assert os.listdir(tmp_path) == []  # the SavedModel in between is gone
-    finally:
-        tempfile.tempdir = None
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the SavedModel in between goes
+    model = mobilenet_small()  # BatchNorm and Dropout: inference mode in both
+    ours = litert.Runner(content=litert.convert(model))
+    assert os.listdir(tmp_path) == []  # and is gone
     keras_own = tf.lite.TFLiteConverter.from_keras_model(model)
     with contextlib.redirect_stdout(io.StringIO()):
         theirs = litert.Runner(content=keras_own.convert())
