@@ -185,6 +185,13 @@ def test_each_export_round_trips_and_is_checked_against_the_keras_model(exported
     by_files = entries["saved_model"]["classify_images"]
     assert by_files["images"] == 10 and by_files["top1_agreement"] == 1.0
     assert by_files["max_probability_difference"] < 1e-6
+    # Its signatures' inputs as TensorFlow Serving sees them: the default one named as Keras's model.export names
+    # it (a client of the old export still fits); the bytes with "_bytes", which Serving's REST API takes as base64.
+    import tensorflow as tf
+
+    signatures = tf.saved_model.load(os.path.join(folder, "export", "saved_model")).signatures
+    assert {name: list(f.structured_input_signature[1]) for name, f in signatures.items()} == {
+        "serving_default": ["image"], "serve": ["image"], "classify_images": ["image_bytes"]}
 
 
 @ONE_EXPORT

@@ -83,17 +83,20 @@ def export_saved_model(model, path):
     BMP, WebP), decoded and resized inside by the pixel contract: the client sends the file's bytes and needs no
     resizing code of its own. (the `serve` function, the `classify_images` function) on numpy batches."""
     height, width, channels = model.input_shape[1:]
-    pixels = tf.TensorSpec((None, height, width, channels), model.inputs[0].dtype)
+    # Named as model.export names them ("image", the model's input), so a client of the old export still fits;
+    # "_bytes": TensorFlow Serving's REST API then takes base64 ({"b64": ...}) for it.
+    pixels = tf.TensorSpec((None, height, width, channels), model.inputs[0].dtype, name=model.inputs[0].name)
 
-    def classify_images(encoded):
-        decoded = tf.map_fn(lambda raw: images.resize(images.decode(raw, channels), (height, width)), encoded,
+    def classify_images(image_bytes):
+        decoded = tf.map_fn(lambda raw: images.resize(images.decode(raw, channels), (height, width)), image_bytes,
                             fn_output_signature=tf.TensorSpec((height, width, channels), tf.uint8))
         return model(tf.cast(decoded, pixels.dtype), training=False)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[pixels])
-    archive.add_endpoint("classify_images", classify_images, input_signature=[tf.TensorSpec((None,), tf.string)])
+    archive.add_endpoint("classify_images", classify_images,
+                         input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")])
     with contextlib.redirect_stdout(io.StringIO()):
         archive.write_out(path, verbose=False)
     loaded = tf.saved_model.load(path)  # kept by the closures: its variables die with it
